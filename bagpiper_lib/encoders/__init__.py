@@ -1,0 +1,15 @@
+"""Continuous audio encoders (``AudioEncoder``): waveform -> features ``[B, T', D]``.
+
+Registry of entries; built-ins are registered below, plugins through the entry-point group
+``bagpiper_lib.encoders``.
+"""
+
+from bagpiper_lib.registry import Registry
+
+registry = Registry("encoder", group="bagpiper_lib.encoders")
+available = registry.available
+build = registry.build
+register = registry.register
+presets = registry.presets
+
+__all__ = ["registry", "available", "build", "register", "presets"]
