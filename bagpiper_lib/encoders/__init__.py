@@ -4,6 +4,7 @@ Registry of entries; built-ins are registered below, plugins through the entry-p
 ``bagpiper_lib.encoders``.
 """
 
+from bagpiper_lib.encoders.base import AudioEncoder
 from bagpiper_lib.registry import Registry
 
 registry = Registry("encoder", group="bagpiper_lib.encoders")
@@ -12,4 +13,4 @@ build = registry.build
 register = registry.register
 presets = registry.presets
 
-__all__ = ["registry", "available", "build", "register", "presets"]
+__all__ = ["AudioEncoder", "registry", "available", "build", "register", "presets"]
