@@ -122,11 +122,13 @@ def prepare_audio(
             raise ValueError(f"lengths {lengths.tolist()} exceed the number of samples in wav ({n})")
         if (lengths <= 0).any():
             raise ValueError(f"lengths must be positive, got {lengths.tolist()}")
-    if sample_rate is not None and target_sample_rate is not None and int(sample_rate) != int(target_sample_rate):
+    if (
+        sample_rate is not None
+        and target_sample_rate is not None
+        and int(sample_rate) != int(target_sample_rate)
+    ):
         wav = resample(wav, int(sample_rate), int(target_sample_rate))
-        lengths = torch.clamp(
-            -(-lengths * int(target_sample_rate) // int(sample_rate)), max=wav.shape[-1]
-        )
+        lengths = torch.clamp(-(-lengths * int(target_sample_rate) // int(sample_rate)), max=wav.shape[-1])
     if (lengths < min_samples).any():
         raise ValueError(
             f"audio too short: lengths {lengths.tolist()} samples, need at least {min_samples} "

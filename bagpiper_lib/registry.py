@@ -52,7 +52,9 @@ def import_object(path: str) -> Any:
     else:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
-        raise RegistryError(f"{path!r} is not an import path; expected 'package.module:Name' or 'package.module.Name'")
+        raise RegistryError(
+            f"{path!r} is not an import path; expected 'package.module:Name' or 'package.module.Name'"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -72,9 +74,13 @@ def normalize_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
         return {"name": spec}
     if isinstance(spec, Mapping):
         if "name" not in spec:
-            raise RegistryError(f"component spec {dict(spec)!r} has no 'name' key; expected {{'name': ..., **kwargs}}")
+            raise RegistryError(
+                f"component spec {dict(spec)!r} has no 'name' key; expected {{'name': ..., **kwargs}}"
+            )
         return copy.deepcopy(dict(spec))
-    raise RegistryError(f"component spec must be a name or a dict with 'name', got {type(spec).__name__}: {spec!r}")
+    raise RegistryError(
+        f"component spec must be a name or a dict with 'name', got {type(spec).__name__}: {spec!r}"
+    )
 
 
 @dataclass
@@ -120,7 +126,9 @@ class Registry:
         ``{"tiny": {"config": {...}}}``. Registering a taken name raises unless ``overwrite``.
         """
         if not isinstance(name, str) or not name or "." in name or ":" in name:
-            raise RegistryError(f"{self.kind} name must be a non-empty string without '.' or ':', got {name!r}")
+            raise RegistryError(
+                f"{self.kind} name must be a non-empty string without '.' or ':', got {name!r}"
+            )
 
         def add(obj: Callable[..., Any] | str):
             if name in self._entries and not overwrite:
@@ -196,7 +204,9 @@ class Registry:
         if is_path:
             factory = import_object(name)
             if preset is not None:
-                raise RegistryError(f"preset {preset!r} given for {name!r}, but presets exist only for registered names")
+                raise RegistryError(
+                    f"preset {preset!r} given for {name!r}, but presets exist only for registered names"
+                )
             return factory, spec
         entry = self._entry(name)
         factory = self.get(name)

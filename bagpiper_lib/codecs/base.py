@@ -187,7 +187,9 @@ class AudioCodec(nn.Module, abc.ABC):
         else:
             lengths = torch.as_tensor(lengths, device=codes.device)
             if lengths.shape != (batch,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-                raise ValueError(f"lengths must be integer frame counts of shape [B] = [{batch}], got {lengths!r}")
+                raise ValueError(
+                    f"lengths must be integer frame counts of shape [B] = [{batch}], got {lengths!r}"
+                )
             lengths = lengths.long()
             if (lengths > t).any() or (lengths < 0).any():
                 raise ValueError(f"lengths {lengths.tolist()} must lie in [0, T={t}] frames")

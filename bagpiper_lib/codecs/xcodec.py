@@ -79,7 +79,9 @@ class XCodec(AudioCodec):
         bandwidths = [float(b) for b in cfg.target_bandwidths]
         self.bandwidth = float(bandwidths[-1] if bandwidth is None else bandwidth)
         if self.bandwidth not in bandwidths:
-            raise ValueError(f"bandwidth {bandwidth!r} kbps is not supported by this X-Codec; choose one of {bandwidths}")
+            raise ValueError(
+                f"bandwidth {bandwidth!r} kbps is not supported by this X-Codec; choose one of {bandwidths}"
+            )
         self.sample_rate = int(cfg.sample_rate)
         self.hop_length = int(cfg.hop_length)
         self.codebook_size = int(cfg.codebook_size)
