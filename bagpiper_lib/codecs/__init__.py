@@ -11,6 +11,8 @@ Plugins register through the entry-point group ``bagpiper_lib.codecs``.
 """
 
 from bagpiper_lib.codecs.base import AudioCodec
+from bagpiper_lib.codecs.dac import TINY_CONFIG as _DAC_TINY
+from bagpiper_lib.codecs.encodec import TINY_CONFIG as _ENCODEC_TINY
 from bagpiper_lib.codecs.xcodec import TINY_CONFIG as _XCODEC_TINY
 from bagpiper_lib.registry import Registry
 
@@ -27,6 +29,18 @@ register(
     "bagpiper_lib.codecs.xcodec:XCodec",
     presets={"tiny": {"config": _XCODEC_TINY}},
     doc="X-Codec via transformers.XcodecModel (16 kHz, 50 Hz, bandwidth -> codebooks)",
+)
+register(
+    "encodec",
+    "bagpiper_lib.codecs.encodec:EnCodec",
+    presets={"tiny": {"model": "24khz", "config": _ENCODEC_TINY}},
+    doc="EnCodec via the reference encodec package (24 kHz causal / 48 kHz)",
+)
+register(
+    "dac",
+    "bagpiper_lib.codecs.dac:DAC",
+    presets={"tiny": {"model": "16khz", "config": _DAC_TINY}},
+    doc="Descript Audio Codec via the reference descript-audio-codec package (16 / 24 / 44.1 kHz)",
 )
 
 __all__ = ["AudioCodec", "DEFAULT", "registry", "available", "build", "register", "presets"]

@@ -23,17 +23,28 @@ frame matches.
 from __future__ import annotations
 
 import abc
+import importlib
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from bagpiper_lib.audio import prepare_audio
 
-__all__ = ["AudioCodec", "conv_context_frames", "seeded"]
+__all__ = [
+    "AudioCodec",
+    "conv_context_frames",
+    "import_optional",
+    "load_state",
+    "load_strict",
+    "save_state",
+    "seeded",
+]
 
 
 class AudioCodec(nn.Module, abc.ABC):
@@ -235,3 +246,66 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         yield
+
+
+def import_optional(module: str, extra: str) -> Any:
+    """Import an optional dependency, or fail in one line naming the ``pip install`` that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"this codec needs the optional package {module!r}, which is not installed: "
+            f"pip install 'bagpiper-lib[{extra}]'"
+        ) from err
+
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_state(directory: str | Path, config: dict[str, Any], module: nn.Module) -> Path:
+    """Write ``config.json`` (plain data) and ``model.safetensors`` (``module``'s state dict)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return directory
+
+
+def load_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read what :func:`save_state` wrote: ``(config, state_dict)``; clear errors for missing files."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"pretrained directory {str(directory)!r} lacks {', '.join(missing)}")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    return config, load_file(str(directory / WEIGHTS_FILE))
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``module``, or fail naming the missing, unexpected and mis-shaped tensors."""
+    expected = module.state_dict()
+    problems = {
+        "missing": [k for k in expected if k not in state],
+        "unexpected": [k for k in state if k not in expected],
+        "shape mismatch": [
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ],
+    }
+    if any(problems.values()):
+        detail = "; ".join(
+            f"{what} ({len(keys)}): {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+            for what, keys in problems.items()
+            if keys
+        )
+        raise ValueError(
+            f"weights in {str(source)!r} do not match the {type(module).__name__} architecture: {detail}"
+        )
+    module.load_state_dict(state, strict=True)

@@ -70,7 +70,13 @@ class XCodec(AudioCodec):
         from transformers import XcodecConfig, XcodecModel
 
         if pretrained is not None:
-            self.model = XcodecModel.from_pretrained(str(pretrained), local_files_only=local_files_only)
+            try:
+                self.model = XcodecModel.from_pretrained(str(pretrained), local_files_only=local_files_only)
+            except OSError as err:
+                raise FileNotFoundError(
+                    f"X-Codec pretrained={str(pretrained)!r} is neither a directory with config.json and "
+                    f"model.safetensors nor a hub id available (local_files_only={local_files_only}): {err}"
+                ) from err
         else:
             with seeded(seed):
                 self.model = XcodecModel(XcodecConfig(**(config or {})))
