@@ -52,7 +52,11 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     float32 precision. Integer rates only; equal rates return the input unchanged.
     """
     for name, value in (("orig_sr", orig_sr), ("new_sr", new_sr)):
-        if int(value) != value or value <= 0:
+        try:
+            valid = value > 0 and int(value) == value
+        except (TypeError, ValueError, OverflowError):  # None, str, inf, ...
+            valid = False
+        if not valid:
             raise ValueError(f"{name} must be a positive integer sample rate in Hz, got {value!r}")
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     if orig_sr == new_sr:
@@ -63,6 +67,8 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
         raise ValueError(f"wav must be a floating-point tensor, got dtype {wav.dtype}")
     lead, n_in = wav.shape[:-1], wav.shape[-1]
     n_out = -(-n_in * up // down)
+    if wav.numel() == 0:
+        return wav.new_zeros((*lead, n_out))
     kernel, left = _polyphase_kernel(up, down)
     n_steps = -(-n_out // up)  # output frames of `up` samples each
     width = kernel.shape[-1]
@@ -96,17 +102,17 @@ def prepare_audio(
     """
     if not isinstance(wav, torch.Tensor):
         raise TypeError(f"wav must be a torch.Tensor of shape [B, N] or [B, C, N], got {type(wav).__name__}")
-    if wav.dim() == 1:
-        wav = wav[None]
-    if wav.dim() == 3:
-        wav = wav.mean(dim=1)
-    elif wav.dim() != 2:
+    if wav.dim() not in (1, 2, 3):
         raise ValueError(f"wav must have shape [N], [B, N] or [B, C, N], got {tuple(wav.shape)}")
     if not wav.is_floating_point():
         raise ValueError(f"wav must be floating point (samples in [-1, 1]), got dtype {wav.dtype}")
-    batch, n = wav.shape
-    if batch == 0 or n == 0:
+    if wav.numel() == 0:
         raise ValueError(f"wav is empty: shape {tuple(wav.shape)}; expected at least one sample per item")
+    if wav.dim() == 1:
+        wav = wav[None]
+    elif wav.dim() == 3:
+        wav = wav.mean(dim=1)
+    batch, n = wav.shape
     if not torch.isfinite(wav).all():
         raise ValueError("wav contains NaN or Inf samples; clean the audio before encoding")
     if lengths is None:
@@ -127,12 +133,15 @@ def prepare_audio(
         and target_sample_rate is not None
         and int(sample_rate) != int(target_sample_rate)
     ):
+        # zero the padding first: the filter would otherwise smear it into the valid samples
+        wav = wav * (torch.arange(n, device=wav.device)[None] < lengths[:, None])
         wav = resample(wav, int(sample_rate), int(target_sample_rate))
         lengths = torch.clamp(-(-lengths * int(target_sample_rate) // int(sample_rate)), max=wav.shape[-1])
     if (lengths < min_samples).any():
+        rate = target_sample_rate or sample_rate
+        at = f" at {rate} Hz" if rate else ""
         raise ValueError(
-            f"audio too short: lengths {lengths.tolist()} samples, need at least {min_samples} "
-            f"at {target_sample_rate or sample_rate} Hz"
+            f"audio too short: lengths {lengths.tolist()} samples{at}, need at least min_samples={min_samples}"
         )
     mask = torch.arange(wav.shape[-1], device=wav.device)[None] < lengths[:, None]
     return wav * mask, lengths
@@ -164,6 +173,8 @@ def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int) -> None:
     """Write mono ``wav [N]`` (float in [-1, 1]) as 16-bit PCM WAV."""
     import soundfile as sf
 
+    if wav.dim() > 1 and wav.shape[:-1].numel() != 1:
+        raise ValueError(f"wav must be mono [N] or [1, N], got shape {tuple(wav.shape)}")
     wav = wav.detach().float().cpu().reshape(-1).clamp(-1.0, 1.0).numpy()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), wav, int(sample_rate), subtype="PCM_16")

@@ -136,7 +136,10 @@ class Registry:
                     f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it"
                 )
             self._entries[name] = _Entry(
-                name, obj, {k: dict(v) for k, v in (presets or {}).items()}, doc or _first_line(obj)
+                name,
+                obj,
+                {k: copy.deepcopy(dict(v)) for k, v in (presets or {}).items()},
+                doc or _first_line(obj),
             )
             return obj
 
