@@ -86,10 +86,10 @@ class CodebookPattern:
         t = torch.arange(num_frames, device=device)
         return t[None, :] * self.stride + self._offsets.to(device)[:, None]
 
-    def _check(self, x: torch.Tensor, name: str, min_dim: int = 3) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() < min_dim:
+    def _check(self, x: torch.Tensor, name: str, rank: int = 3) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != rank:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must have shape [B, K, T{', V' if min_dim == 4 else ''}], got {shape}")
+            raise ValueError(f"{name} must have shape [B, K, T{', V' if rank == 4 else ''}], got {shape}")
         if x.shape[1] != self.num_codebooks:
             raise ValueError(
                 f"{name} has {x.shape[1]} codebooks (dim 1); this pattern has K={self.num_codebooks}"
@@ -129,9 +129,11 @@ class CodebookPattern:
         ``num_frames`` may exceed the complete frames in ``S`` (e.g. ``S`` frames of a partial
         decode); frames whose step lies past ``S`` do not exist and are NaN.
         """
-        self._check(logits, "logits", min_dim=4)
+        self._check(logits, "logits", rank=4)
         batch, k, steps, vocab = logits.shape
         frames = self.num_frames(steps) if num_frames is None else int(num_frames)
+        if steps == 0:  # nothing to gather from: every requested frame is missing
+            return logits.new_full((batch, k, frames, vocab), float("nan"))
         index = self._index(frames, logits.device)
         exists = index < steps
         gathered = logits.gather(

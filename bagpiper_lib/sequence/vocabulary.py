@@ -159,6 +159,8 @@ class Vocabulary:
     def global_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Global ids ``[..., K, T]`` of the codec blocks -> codes in ``[0, N)``; a pad id -> -1."""
         ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.dim() < 2 or ids.shape[-2] != self.num_codebooks:
+            raise ValueError(f"ids must have shape [..., K={self.num_codebooks}, T], got {tuple(ids.shape)}")
         local = ids - self.codec_pad_ids().to(ids.device)[:, None]
         if ids.numel() and (int(local.min()) < 0 or int(local.max()) > self.codebook_size):
             raise ValueError(f"ids are not all in their stream's codec block (K={self.num_codebooks})")
@@ -168,7 +170,7 @@ class Vocabulary:
         return (ids >= self.text_offset) & (ids < self.codec_offset)
 
     def is_codec(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids >= self.codec_offset
+        return (ids >= self.codec_offset) & (ids < self.size)
 
     def codebook_range(self, k: int, with_pad: bool = True) -> tuple[int, int]:
         """Half-open id range ``[lo, hi)`` of codebook ``k`` (with or without its pad id)."""
