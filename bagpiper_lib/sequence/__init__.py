@@ -6,6 +6,16 @@
 """
 
 from bagpiper_lib.registry import Registry
+from bagpiper_lib.sequence.packing import (
+    PackedBatch,
+    PackingPlan,
+    PackingReport,
+    collate_packed,
+    collate_padded,
+    pack,
+    plan_rows,
+    truncate_sample,
+)
 from bagpiper_lib.sequence.patterns import CodebookPattern, DelayPattern, FlattenPattern, ParallelPattern
 from bagpiper_lib.sequence.vocabulary import SPECIAL_TOKENS, Vocabulary
 
@@ -25,4 +35,12 @@ __all__ = [
     "ParallelPattern",
     "SPECIAL_TOKENS",
     "Vocabulary",
+    "PackedBatch",
+    "PackingPlan",
+    "PackingReport",
+    "collate_packed",
+    "collate_padded",
+    "pack",
+    "plan_rows",
+    "truncate_sample",
 ]
