@@ -1,0 +1,163 @@
+"""Adaptors: encoder features ``[B, T, D_in]`` -> LLM-sized frames ``[B, T // k, D_out]``.
+
+The adaptor sits between the (usually frozen) audio encoder and the backbone; its outputs replace the
+audio placeholder positions of the token sequence. Two entries:
+
+* ``mlp`` — ``Linear -> GELU -> Linear`` (the Bagpiper paper).
+* ``linear`` — one ``Linear`` (the ESPnet reference implementation).
+
+Frame stacking (``downsample = k``): ``k`` consecutive frames are concatenated along the feature axis
+before the projection, so the projection sees ``k * input_dim`` features and the frame rate drops by
+``k``. Output frame ``t`` holds input frames ``t*k .. t*k + k - 1`` in order; it is exactly a reshape::
+
+    feats  [B, T, D]   f0 f1 | f2 f3 | f4 f5 | f6      (k = 2, T = 7)
+    stacked [B, 3, 2D]  [f0 f1] [f2 f3] [f4 f5]        trailing partial group (f6) dropped
+
+A trailing partial group is dropped, for the tensor and for every item: ``T_out = T // k`` and
+``lengths_out = lengths // k``. An item with ``0 < lengths[b] < k`` frames would vanish, so it is an
+error rather than a silent drop. Output frames at padded positions (``t >= lengths_out[b]``) are
+exactly zero.
+
+Registry: ``build({"name": "mlp", "input_dim": 32, "output_dim": 64, "downsample": 2})``; plugins
+register through the entry-point group ``bagpiper_lib.adaptors``.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import nn
+
+from bagpiper_lib.registry import Registry
+
+__all__ = ["Adaptor", "MLPAdaptor", "LinearAdaptor", "registry", "available", "build", "register"]
+
+registry = Registry("adaptor", group="bagpiper_lib.adaptors")
+available = registry.available
+build = registry.build
+register = registry.register
+
+
+def _positive_int(name: str, value: object) -> int:
+    """``value`` as an int >= 1, or a ``ValueError`` naming ``name``."""
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+        if number is not None and number >= 1:
+            return number
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+class Adaptor(nn.Module):
+    """Frame stacking, validation and padding for a projection ``[*, k * input_dim] -> [*, output_dim]``.
+
+    Subclasses build ``self.proj`` (any module mapping the last axis) in ``__init__``.
+
+    Args:
+        input_dim: feature size ``D_in`` of the encoder output.
+        output_dim: feature size ``D_out`` of the result (the backbone's hidden size).
+        downsample: ``k``, frames stacked into one output frame (1 = no stacking).
+    """
+
+    proj: nn.Module
+
+    def __init__(self, input_dim: int, output_dim: int, downsample: int = 1):
+        super().__init__()
+        self.input_dim = _positive_int("input_dim", input_dim)
+        self.output_dim = _positive_int("output_dim", output_dim)
+        self.downsample = _positive_int("downsample", downsample)
+
+    @property
+    def stacked_dim(self) -> int:
+        """Input size of the projection: ``downsample * input_dim``."""
+        return self.downsample * self.input_dim
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Valid output frames ``[B]`` for valid input frames ``lengths [B]``: ``lengths // downsample``."""
+        return torch.div(lengths, self.downsample, rounding_mode="floor")
+
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feats [B, T, input_dim]``, ``lengths [B]`` (default all ``T``) -> ``out [B, T // k, output_dim]``,
+        ``lengths // k``. Output past an item's valid frames is exactly zero."""
+        lengths = self._check(feats, lengths)
+        batch, frames, dim = feats.shape
+        k = self.downsample
+        out_frames = frames // k
+        out_lengths = self.output_lengths(lengths)
+        stacked = feats[:, : out_frames * k].reshape(batch, out_frames, k * dim)
+        valid = torch.arange(out_frames, device=feats.device)[None, :, None] < out_lengths[:, None, None]
+        weight = next(self.proj.parameters())
+        stacked = stacked.to(weight.dtype).masked_fill(~valid, 0.0)
+        out = self.proj(stacked).masked_fill(~valid, 0.0)
+        return out, out_lengths
+
+    def _check(self, feats: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(feats, torch.Tensor):
+            raise TypeError(f"feats must be a torch.Tensor of shape [B, T, D_in], got {type(feats).__name__}")
+        if feats.dim() != 3:
+            raise ValueError(
+                f"feats must have shape [B, T, D_in] (rank 3), got rank {feats.dim()}: {tuple(feats.shape)}"
+            )
+        if not feats.is_floating_point():
+            raise ValueError(f"feats must be floating point, got dtype {feats.dtype}")
+        batch, frames, dim = feats.shape
+        if dim != self.input_dim:
+            raise ValueError(
+                f"feats has feature size {dim} (dim 2) but this {type(self).__name__} was built with "
+                f"input_dim={self.input_dim}"
+            )
+        if lengths is None:
+            return torch.full((batch,), frames, dtype=torch.long, device=feats.device)
+        lengths = torch.as_tensor(lengths, device=feats.device)
+        if lengths.shape != (batch,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise ValueError(
+                f"lengths must be integer frame counts of shape [B] = [{batch}], got "
+                f"dtype {lengths.dtype} shape {tuple(lengths.shape)}"
+            )
+        lengths = lengths.long()
+        if (lengths < 0).any() or (lengths > frames).any():
+            raise ValueError(f"lengths {lengths.tolist()} must lie in [0, T={frames}] frames of feats")
+        short = (lengths > 0) & (lengths < self.downsample)
+        if short.any():
+            raise ValueError(
+                f"lengths {lengths.tolist()}: items with fewer than downsample={self.downsample} frames "
+                "would produce no output frame; use a smaller downsample or longer audio"
+            )
+        return lengths
+
+    def extra_repr(self) -> str:
+        return f"input_dim={self.input_dim}, output_dim={self.output_dim}, downsample={self.downsample}"
+
+
+@register("mlp", presets={"tiny": {"input_dim": 32, "output_dim": 64}})
+class MLPAdaptor(Adaptor):
+    """``Linear(k * input_dim, hidden_dim) -> GELU -> Linear(hidden_dim, output_dim)`` (the paper).
+
+    ``hidden_dim`` defaults to ``output_dim``. Shapes: ``[B, T, input_dim] -> [B, T // k, output_dim]``.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None, downsample: int = 1):
+        super().__init__(input_dim, output_dim, downsample)
+        self.hidden_dim = self.output_dim if hidden_dim is None else _positive_int("hidden_dim", hidden_dim)
+        self.proj = nn.Sequential(
+            nn.Linear(self.stacked_dim, self.hidden_dim),
+            nn.GELU(),
+            nn.Linear(self.hidden_dim, self.output_dim),
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}"
+
+
+@register("linear", presets={"tiny": {"input_dim": 32, "output_dim": 64}})
+class LinearAdaptor(Adaptor):
+    """``Linear(k * input_dim, output_dim)`` (the ESPnet reference). ``[B, T, input_dim] -> [B, T // k, output_dim]``."""
+
+    def __init__(self, input_dim: int, output_dim: int, downsample: int = 1):
+        super().__init__(input_dim, output_dim, downsample)
+        self.proj = nn.Linear(self.stacked_dim, self.output_dim)

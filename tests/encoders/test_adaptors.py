@@ -1,0 +1,156 @@
+"""Adaptors: frame stacking is a reshape, lengths floor-divide, padding is zero, bad input fails clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bagpiper_lib import encoders
+from bagpiper_lib.encoders import adaptors
+from bagpiper_lib.encoders.adaptors import Adaptor, LinearAdaptor, MLPAdaptor
+
+
+def _feats(batch: int = 2, frames: int = 7, dim: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, frames, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_lists_and_builds_both_entries():
+    assert {"linear", "mlp"} <= set(adaptors.available())
+    assert encoders.adaptors.registry is adaptors.registry
+    mlp = adaptors.build({"name": "mlp", "input_dim": 32, "output_dim": 64, "downsample": 2})
+    assert isinstance(mlp, MLPAdaptor) and isinstance(mlp, torch.nn.Module)
+    assert (mlp.input_dim, mlp.output_dim, mlp.hidden_dim, mlp.downsample) == (32, 64, 64, 2)
+    assert mlp.proj[0].in_features == 64  # two stacked frames of 32
+    assert isinstance(mlp.proj[1], torch.nn.GELU)
+    linear = adaptors.build({"name": "linear", "preset": "tiny"})
+    assert isinstance(linear, LinearAdaptor) and linear.proj.in_features == linear.input_dim
+    assert MLPAdaptor(32, 64, hidden_dim=16).proj[0].out_features == 16
+
+
+@pytest.mark.parametrize("name", ["mlp", "linear"])
+@pytest.mark.parametrize(("k", "frames"), [(1, 7), (2, 7), (2, 8), (3, 7), (4, 4)])
+def test_shapes_and_lengths_follow_floor_rule(name, k, frames):
+    adaptor = adaptors.build({"name": name, "input_dim": 32, "output_dim": 48, "downsample": k})
+    lengths = torch.tensor([frames, max(k, frames - 3)])
+    out, out_lengths = adaptor(_feats(frames=frames), lengths)
+    assert out.shape == (2, frames // k, 48)
+    assert out_lengths.tolist() == (lengths // k).tolist()
+    assert out_lengths.dtype == torch.long
+    default_out, default_lengths = adaptor(_feats(frames=frames))
+    assert default_lengths.tolist() == [frames // k] * 2
+    assert default_out.shape == out.shape
+
+
+@pytest.mark.parametrize("name", ["mlp", "linear"])
+def test_stacking_is_a_concat_of_consecutive_frames(name):
+    adaptor = adaptors.build({"name": name, "input_dim": 32, "output_dim": 16, "downsample": 2})
+    feats = _feats(frames=7)
+    out, lengths = adaptor(feats)
+    # frames (0, 1), (2, 3), (4, 5) concatenated; frame 6 (trailing partial group) dropped
+    by_hand = torch.cat([feats[:, 0:6:2], feats[:, 1:6:2]], dim=-1)
+    assert by_hand.shape == (2, 3, 64)
+    torch.testing.assert_close(out, adaptor.proj(by_hand), rtol=0, atol=0)
+    assert lengths.tolist() == [3, 3]
+
+
+def test_padded_positions_are_zero_and_padding_content_is_ignored():
+    adaptor = MLPAdaptor(32, 24, downsample=2)
+    feats = _feats(frames=9)
+    lengths = torch.tensor([9, 5])
+    out, out_lengths = adaptor(feats, lengths)
+    assert out_lengths.tolist() == [4, 2]
+    assert torch.equal(out[1, 2:], torch.zeros_like(out[1, 2:]))
+    assert out[1, :2].abs().sum() > 0
+    garbage = feats.clone()
+    garbage[1, 5:] = float("nan")
+    out_garbage, _ = adaptor(garbage, lengths)
+    assert torch.equal(out_garbage, out)
+    # item 1 alone, unpadded, gives the same valid frames
+    alone, _ = adaptor(feats[1:, :5])
+    torch.testing.assert_close(out[1:, :2], alone)
+
+
+def test_zero_length_item_gives_no_frames():
+    out, lengths = LinearAdaptor(32, 8, downsample=2)(_feats(frames=6), torch.tensor([6, 0]))
+    assert lengths.tolist() == [3, 0]
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+
+
+def test_casts_features_to_the_adaptor_dtype():
+    adaptor = LinearAdaptor(32, 8).to(torch.bfloat16)
+    out, _ = adaptor(_feats())
+    assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["mlp", "linear"])
+def test_loss_falls_when_training_on_a_fixed_target(name):
+    torch.manual_seed(0)
+    adaptor = adaptors.build({"name": name, "input_dim": 32, "output_dim": 16, "downsample": 2})
+    feats, lengths = _feats(batch=4, frames=10), torch.tensor([10, 8, 6, 4])
+    target = torch.randn(4, 5, 16, generator=torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(30):  # plain gradient descent (torch.optim's first step costs seconds of imports)
+        out, out_lengths = adaptor(feats, lengths)
+        valid = (torch.arange(5)[None] < out_lengths[:, None])[..., None]
+        loss = ((out - target) ** 2 * valid).sum() / (valid.sum() * 16)
+        adaptor.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for param in adaptor.parameters():
+                param -= 0.2 * param.grad
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("shape", [(7, 32), (1, 2, 7, 32)])
+def test_rejects_feats_of_wrong_rank(shape):
+    with pytest.raises(ValueError, match=r"\[B, T, D_in\].*rank"):
+        LinearAdaptor(32, 8)(torch.zeros(shape))
+
+
+def test_rejects_wrong_feature_size_naming_input_dim():
+    with pytest.raises(ValueError, match=r"feature size 16.*input_dim=32"):
+        MLPAdaptor(32, 8)(torch.zeros(2, 5, 16))
+
+
+def test_rejects_non_float_feats():
+    with pytest.raises(ValueError, match="floating point"):
+        LinearAdaptor(32, 8)(torch.zeros(2, 5, 32, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("lengths", "match"),
+    [
+        (torch.tensor([5, 6]), r"lengths \[5, 6\] must lie in \[0, T=5\]"),
+        (torch.tensor([5, -1]), r"must lie in \[0, T=5\]"),
+        (torch.tensor([5]), r"shape \[B\] = \[2\]"),
+        (torch.tensor([5.0, 4.0]), "integer frame counts"),
+        (torch.tensor([5, 1]), "fewer than downsample=2 frames"),
+    ],
+)
+def test_rejects_bad_lengths(lengths, match):
+    with pytest.raises(ValueError, match=match):
+        LinearAdaptor(32, 8, downsample=2)(torch.zeros(2, 5, 32), lengths)
+
+
+@pytest.mark.parametrize("downsample", [0, -2, 1.5, 2.0, True, "2"])
+def test_rejects_bad_downsample(downsample):
+    with pytest.raises(ValueError, match=r"downsample must be an integer >= 1"):
+        adaptors.build({"name": "mlp", "input_dim": 32, "output_dim": 8, "downsample": downsample})
+
+
+@pytest.mark.parametrize("kwargs", [{"input_dim": 0}, {"output_dim": 2.5}, {"hidden_dim": -1}])
+def test_rejects_bad_dims(kwargs):
+    spec = {"name": "mlp", "input_dim": 32, "output_dim": 8, **kwargs}
+    with pytest.raises(ValueError, match=rf"{next(iter(kwargs))} must be an integer >= 1"):
+        adaptors.build(spec)
+
+
+def test_unknown_adaptor_names_close_matches():
+    with pytest.raises(KeyError, match="Did you mean 'mlp'"):
+        adaptors.build({"name": "mpl", "input_dim": 4, "output_dim": 4})
+
+
+def test_adaptor_base_is_shared():
+    assert issubclass(MLPAdaptor, Adaptor) and issubclass(LinearAdaptor, Adaptor)
