@@ -24,7 +24,8 @@ class AudioEncoder(nn.Module, abc.ABC):
     """Continuous audio encoder: ``forward(wav [B, N], lengths [B]) -> feats [B, T', D], lengths [B]``.
 
     Subclasses set ``sample_rate`` and ``output_dim`` in ``__init__``, call
-    :meth:`set_trainable` at its end, and implement :meth:`_forward` and :meth:`save_pretrained`.
+    :meth:`set_trainable` at its end, and implement :meth:`_forward`, :meth:`num_frames` and
+    :meth:`save_pretrained`.
     """
 
     sample_rate: int
@@ -34,6 +35,13 @@ class AudioEncoder(nn.Module, abc.ABC):
     @abc.abstractmethod
     def _forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mono ``wav [B, N]`` at :attr:`sample_rate` (zero past ``lengths``) -> ``feats [B, T', D]``, ``[B]``."""
+
+    @abc.abstractmethod
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Valid feature frames ``[B]`` for ``num_samples [B]`` valid samples at :attr:`sample_rate`.
+
+        The sequence builder sizes audio-input placeholders with it, before any audio is encoded.
+        """
 
     @abc.abstractmethod
     def save_pretrained(self, directory: str | Path) -> Path:

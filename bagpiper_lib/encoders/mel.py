@@ -1,0 +1,184 @@
+"""Whisper-style log-mel front end in pure torch (no torchaudio, no librosa).
+
+Reproduces ``transformers.WhisperFeatureExtractor`` (which Whisper and Qwen3-Omni both use) on each
+item of a padded batch as if that item were featurised alone::
+
+    wav [B, N] (16 kHz), lengths [B]
+      -> per-item reflect padding of n_fft // 2 samples at both ends of the item's valid samples
+      -> 400-point periodic Hann STFT, hop 160         [B, 201, N // 160 + 1]
+      -> power spectrum, drop the last frame           [B, 201, N // 160]
+      -> slaney mel filterbank (0 - 8 kHz)             [B, n_mels, T]
+      -> log10(clamp(x, 1e-10))
+      -> max(x, item_max - 8)   item_max over the item's valid frames only
+      -> (x + 4) / 4                                   feats [B, n_mels, T], frames [B]
+
+with ``T = N // hop_length`` and ``frames[b] = lengths[b] // hop_length``; feature frames past
+``frames[b]`` are 0. An item needs more than ``n_fft // 2`` samples (201 at the defaults), the
+shortest clip the reference's reflect padding accepts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["LogMelSpectrogram", "mel_filter_bank"]
+
+
+def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    mels = 3.0 * freq / 200.0
+    log_region = freq >= 1000.0
+    mels[log_region] = 15.0 + np.log(freq[log_region] / 1000.0) * (27.0 / np.log(6.4))
+    return mels
+
+
+def _mel_to_hertz(mels: np.ndarray) -> np.ndarray:
+    freq = 200.0 * mels / 3.0
+    log_region = mels >= 15.0
+    freq[log_region] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels[log_region] - 15.0))
+    return freq
+
+
+def mel_filter_bank(
+    n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float = 8000.0
+) -> np.ndarray:
+    """Slaney-normalised triangular filters on the slaney mel scale, ``[n_freqs, n_mels]`` float64.
+
+    Equal to ``transformers.audio_utils.mel_filter_bank(n_freqs, n_mels, f_min, f_max, sample_rate,
+    norm="slaney", mel_scale="slaney")``: filter edges are equally spaced in mel, the FFT bins are
+    ``linspace(0, sample_rate // 2, n_freqs)`` Hz and each filter is divided by half its bandwidth.
+    """
+    mel_edges = np.linspace(
+        _hertz_to_mel(np.array([f_min]))[0], _hertz_to_mel(np.array([f_max]))[0], n_mels + 2
+    )
+    edges = _mel_to_hertz(mel_edges)  # [n_mels + 2] Hz
+    fft_freqs = np.linspace(0, sample_rate // 2, n_freqs)
+    slopes = edges[None, :] - fft_freqs[:, None]  # [n_freqs, n_mels + 2]
+    widths = np.diff(edges)
+    down = -slopes[:, :-2] / widths[:-1]
+    up = slopes[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    return filters * (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[None, :]
+
+
+class LogMelSpectrogram(nn.Module):
+    """Whisper log-mel features: ``forward(wav [B, N], lengths [B]) -> feats [B, n_mels, T], frames [B]``.
+
+    Args:
+        n_mels: mel bins; 80 (Whisper up to large-v2) or 128 (Whisper large-v3, Qwen3-Omni).
+        sample_rate: audio rate in Hz (the reference uses 16000).
+        n_fft: STFT size and Hann window length.
+        hop_length: samples between frames.
+        f_max: top edge of the filterbank in Hz (8000 in the reference, whatever the sample rate).
+
+    The window and filters are non-persistent float32 buffers: they follow ``.to(device)``, stay out
+    of the state dict and stay float32 when the module is cast to a lower precision; features are
+    always computed and returned in float32.
+    """
+
+    window: torch.Tensor
+    filters: torch.Tensor
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        f_max: float = 8000.0,
+    ):
+        super().__init__()
+        for name, value in (("n_mels", n_mels), ("sample_rate", sample_rate), ("n_fft", n_fft)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(hop_length, int) or not 0 < hop_length <= n_fft:
+            raise ValueError(f"hop_length must be an integer in [1, n_fft={n_fft}], got {hop_length!r}")
+        if not 0 < f_max <= sample_rate / 2:
+            raise ValueError(f"f_max must lie in (0, sample_rate / 2 = {sample_rate / 2}] Hz, got {f_max!r}")
+        self.n_mels = n_mels
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.f_max = float(f_max)
+        self.register_buffer("window", self._make_window(), persistent=False)
+        self.register_buffer("filters", self._make_filters(), persistent=False)
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest valid item in samples: the reflect padding needs more than ``n_fft // 2``."""
+        return self.n_fft // 2 + 1
+
+    def _make_window(self) -> torch.Tensor:
+        return torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32)
+
+    def _make_filters(self) -> torch.Tensor:
+        bank = mel_filter_bank(self.n_fft // 2 + 1, self.n_mels, self.sample_rate, 0.0, self.f_max)
+        return torch.from_numpy(bank.T.copy()).to(torch.float32)  # [n_mels, n_freqs]
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.window.dtype != torch.float32:  # a cast to half precision: rebuild exact float32 buffers
+            device = self.window.device
+            self.window = self._make_window().to(device)
+            self.filters = self._make_filters().to(device)
+        return self
+
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Valid feature frames for ``lengths`` samples: ``lengths // hop_length``."""
+        return torch.div(lengths, self.hop_length, rounding_mode="floor")
+
+    def forward(
+        self, wav: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features of ``wav [B, N]`` (or ``[N]``) with valid sample counts ``lengths [B]``.
+
+        Returns ``feats [B, n_mels, N // hop_length]`` float32 and ``frames [B]`` long. Item ``b``
+        equals ``WhisperFeatureExtractor(feature_size=n_mels)`` of ``wav[b, :lengths[b]]`` alone
+        (no padding to 30 s) on its ``frames[b]`` frames; later frames are 0.
+        """
+        if not isinstance(wav, torch.Tensor) or wav.dim() not in (1, 2) or not wav.is_floating_point():
+            raise ValueError(
+                f"wav must be a floating-point tensor of shape [B, N] or [N], got "
+                f"{getattr(wav, 'dtype', type(wav).__name__)} {tuple(getattr(wav, 'shape', ()))}"
+            )
+        if wav.dim() == 1:
+            wav = wav[None]
+        batch, n = wav.shape
+        if lengths is None:
+            lengths = torch.full((batch,), n, dtype=torch.long, device=wav.device)
+        lengths = torch.as_tensor(lengths, device=wav.device).long()
+        if lengths.shape != (batch,) or (lengths > n).any():
+            raise ValueError(
+                f"lengths must be [B] = [{batch}] counts of at most N = {n}, got {lengths.tolist()}"
+            )
+        if (lengths < self.min_samples).any():
+            raise ValueError(
+                f"audio too short for the log-mel front end: lengths {lengths.tolist()} samples, need at "
+                f"least n_fft // 2 + 1 = {self.min_samples} samples per item"
+            )
+        pad = self.n_fft // 2
+        # reflect each item about its own first and last valid sample, as torch.stft(center=True) does
+        # for the item alone; positions far past the item are clamped (they only feed invalid frames)
+        pos = torch.arange(-pad, n + pad, device=wav.device).abs()[None].expand(batch, -1)
+        last = (lengths - 1)[:, None]
+        pos = torch.where(pos > last, 2 * last - pos, pos).clamp(0, n - 1)
+        padded = wav.float().gather(1, pos)  # [B, N + n_fft]
+        stft = torch.stft(
+            padded, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True
+        )
+        power = stft[..., :-1].abs().pow(2)  # [B, n_freqs, T]: drop the last frame
+        log_spec = torch.matmul(self.filters, power).clamp(min=1e-10).log10()  # [B, n_mels, T]
+        frames = self.num_frames(lengths)
+        valid = torch.arange(log_spec.shape[-1], device=wav.device)[None] < frames[:, None]  # [B, T]
+        item_max = log_spec.masked_fill(~valid[:, None], float("-inf")).amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, item_max - 8.0)
+        feats = (log_spec + 4.0) / 4.0
+        return feats * valid[:, None], frames
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_mels={self.n_mels}, sample_rate={self.sample_rate}, n_fft={self.n_fft}, "
+            f"hop_length={self.hop_length}, f_max={self.f_max:g}"
+        )

@@ -1,0 +1,100 @@
+"""The pure-torch log-mel front end against transformers' WhisperFeatureExtractor."""
+
+import numpy as np
+import pytest
+import torch
+
+from bagpiper_lib.encoders.mel import LogMelSpectrogram, mel_filter_bank
+
+SR = 16000
+
+
+def _items(seed=0):
+    rng = np.random.default_rng(seed)
+    noise = (0.1 * rng.standard_normal(5000)).astype(np.float32)
+    sine = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(8123) / SR)).astype(np.float32)
+    chirp = (0.3 * np.sin(2 * np.pi * np.cumsum(np.linspace(100, 6000, 3210)) / SR)).astype(np.float32)
+    shortest = rng.standard_normal(201).astype(np.float32)  # the least the reference accepts
+    return [noise, sine, chirp, shortest]
+
+
+def _batch(items):
+    wav = torch.zeros(len(items), max(len(x) for x in items))
+    for i, x in enumerate(items):
+        wav[i, : len(x)] = torch.from_numpy(x)
+    return wav, torch.tensor([len(x) for x in items])
+
+
+def _reference(extractor, x):
+    return extractor(x, sampling_rate=SR, padding="longest", return_tensors="np")["input_features"][0]
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_filter_bank_matches_transformers(n_mels):
+    from transformers.audio_utils import mel_filter_bank as hf_mel_filter_bank
+
+    ref = hf_mel_filter_bank(201, n_mels, 0.0, 8000.0, SR, norm="slaney", mel_scale="slaney")
+    np.testing.assert_allclose(mel_filter_bank(201, n_mels, SR), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_matches_whisper_feature_extractor_alone_and_in_a_padded_batch(n_mels):
+    from transformers import WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor(feature_size=n_mels)
+    mel = LogMelSpectrogram(n_mels)
+    items = _items()
+    wav, lengths = _batch(items)
+    feats, frames = mel(wav, lengths)
+    assert feats.shape == (len(items), n_mels, wav.shape[-1] // 160)
+    assert feats.dtype == torch.float32
+    assert frames.tolist() == [len(x) // 160 for x in items]
+    for i, x in enumerate(items):
+        ref = _reference(extractor, x)  # the item alone, not padded to 30 s: [n_mels, len // 160]
+        assert ref.shape == (n_mels, int(frames[i]))
+        np.testing.assert_allclose(feats[i, :, : frames[i]].numpy(), ref, rtol=0, atol=1e-4)
+        assert (feats[i, :, frames[i] :] == 0).all()
+        alone, alone_frames = mel(torch.from_numpy(x))
+        assert alone_frames.tolist() == [frames[i]]
+        torch.testing.assert_close(alone[0], feats[i, :, : frames[i]], rtol=0, atol=1e-6)
+
+
+def test_whole_window_matches_max_length_padding():
+    """Without lengths the whole input is valid: Whisper's padding to a fixed window."""
+    from transformers import WhisperFeatureExtractor
+
+    x = _items()[1]
+    ref = WhisperFeatureExtractor(feature_size=80)(
+        x, sampling_rate=SR, padding="max_length", max_length=16000, return_tensors="np"
+    )["input_features"][0]
+    feats, frames = LogMelSpectrogram(80)(torch.nn.functional.pad(torch.from_numpy(x), (0, 16000 - len(x))))
+    assert frames.tolist() == [100] and ref.shape == (80, 100)
+    np.testing.assert_allclose(feats[0].numpy(), ref, rtol=0, atol=1e-4)
+
+
+def test_buffers_follow_the_module_and_stay_float32():
+    mel = LogMelSpectrogram(80)
+    assert not mel.state_dict()  # derived buffers are not weights
+    wav = torch.from_numpy(_items()[0])
+    expected, _ = mel(wav)
+    mel.to(torch.bfloat16)
+    assert mel.window.dtype == mel.filters.dtype == torch.float32
+    torch.testing.assert_close(mel(wav.bfloat16())[0], mel(wav.bfloat16().float())[0], rtol=0, atol=0)
+    torch.testing.assert_close(mel(wav)[0], expected, rtol=0, atol=0)
+    if torch.cuda.is_available():
+        mel.cuda()
+        torch.testing.assert_close(mel(wav.cuda())[0].cpu(), expected, rtol=0, atol=1e-4)
+
+
+def test_bad_input_is_rejected_by_name():
+    mel = LogMelSpectrogram(80)
+    with pytest.raises(ValueError, match="at least n_fft // 2 \\+ 1 = 201"):
+        mel(torch.randn(1, 300), torch.tensor([200]))
+    with pytest.raises(ValueError, match="lengths"):
+        mel(torch.randn(2, 300), torch.tensor([300, 301]))
+    with pytest.raises(ValueError, match="wav must be a floating-point tensor"):
+        mel(torch.zeros(1, 2, 300))
+    with pytest.raises(ValueError, match="n_mels"):
+        LogMelSpectrogram(0)
+    with pytest.raises(ValueError, match="hop_length"):
+        LogMelSpectrogram(80, hop_length=500)
