@@ -1,0 +1,215 @@
+"""BagpiperModel: assembly, embedding, chunked loss, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bagpiper_lib.model import PRESETS, BagpiperModel
+from bagpiper_lib.sequence import collate_padded, pack, templates
+from bagpiper_lib.sequence.messages import Message
+
+
+def tiny_config(**overrides):
+    cfg = {**PRESETS["tiny"], **overrides}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return BagpiperModel.from_config(tiny_config())
+
+
+def samples(model, n_audio=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k, n = model.vocab.num_codebooks, model.vocab.codebook_size
+    out = []
+    for i in range(n_audio):
+        codes = torch.randint(0, n, (k, 4 + i), generator=g)
+        out.append(model.builder.build(templates.caption_to_audio(f"sound {i}", codes)))
+    out.append(model.builder.build(templates.text_only("plain text only")))
+    feats = torch.randn(6, model.encoder.output_dim, generator=g)
+    out.append(
+        model.builder.build([Message("user", "audio_in", feats), Message("assistant", "text", "a cat")])
+    )
+    return out
+
+
+def naive_loss(model, batch):
+    """Materialise every logit of every stream at once: the reference the chunked loss must match."""
+    embeds = model.input_embeddings(batch.tokens, batch.audio_in)
+    hidden = model.backbone(embeds, batch.position_ids)[:, :-1]
+    tokens, mask = batch.tokens[:, 1:], batch.loss_mask[:, 1:]
+    v = model.vocab
+    total = 0.0
+    for k in range(v.num_codebooks):
+        if k == 0:
+            logits, lo = model.head(hidden).float(), 0
+        else:
+            h = hidden + model.stream_embed[k - 1]
+            logits, lo = (h @ model.head.weight[v.codec_offset :].T).float(), v.codec_offset
+        ce = F.cross_entropy(logits.transpose(1, 2), (tokens[..., k] - lo).clamp(min=0), reduction="none")
+        weight = torch.where(tokens[..., k] >= v.codec_offset, 1.0 / v.num_codebooks, 1.0)
+        total = total + (ce * weight * mask[..., k]).sum()
+    return total / mask[..., 0].sum()
+
+
+def test_chunked_loss_equals_naive_loss_and_gradients(model):
+    batch = pack(samples(model), budget=256, pad_ids=model._stream_pads)
+    params = [model.embed.weight, model.head.weight, model.stream_embed]
+    model.loss_chunk_size = 7  # many chunks, checkpointed
+    try:
+        out = model(batch)
+    finally:
+        model.loss_chunk_size = 1024
+    grads = torch.autograd.grad(out.loss, params)
+    ref = naive_loss(model, batch)
+    ref_grads = torch.autograd.grad(ref, params)
+    assert torch.allclose(out.loss, ref, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert out.num_targets == int(batch.loss_mask[:, 1:, 0].sum())
+    assert out.codebook_losses.shape == (model.vocab.num_codebooks,)
+    assert torch.isfinite(out.text_loss) and torch.isfinite(out.audio_loss)
+
+
+def test_packed_and_padded_batches_give_the_same_loss(model):
+    items = samples(model)
+    packed = model(pack(items, budget=256, pad_ids=model._stream_pads))
+    padded = model(collate_padded(items, model._stream_pads))
+    assert torch.allclose(packed.loss, padded.loss, atol=1e-5)
+
+
+def test_loss_falls_when_training(model):
+    trained = BagpiperModel.from_config(tiny_config())
+    batch = pack(samples(trained), budget=256, pad_ids=trained._stream_pads)
+    opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(15):
+        loss = trained(batch).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.6 * first
+
+
+def test_embedding_sums_streams_and_ignores_codec_pads(model):
+    tokens = model.builder.build(templates.caption_to_audio("x", torch.zeros(8, 2, dtype=torch.long))).tokens
+    emb = model.embed_tokens(tokens[None])[0]
+    table = model.embed.weight
+    pads = model._stream_pads
+    manual = table[tokens[:, 0]] + sum(
+        table[tokens[:, k]] * (tokens[:, k] != pads[k])[:, None] for k in range(1, tokens.shape[1])
+    )
+    assert torch.allclose(emb, manual, atol=1e-6)
+
+
+def test_text_rows_come_from_the_pretrained_lm(model):
+    v = model.vocab
+    text = model.backbone.text_embeddings()[: v.text_vocab_size]
+    assert torch.equal(model.embed.weight[v.text_offset : v.codec_offset], text)
+    head = model.backbone.lm_head_weight()[: v.text_vocab_size]
+    assert torch.equal(model.head.weight[v.text_offset : v.codec_offset], head)
+    assert not model.stream_embed.any()  # zero-initialised per-stream embeddings
+
+
+def test_audio_features_replace_placeholders(model):
+    s = samples(model)[-1]
+    (span,) = s.audio_in
+    emb = model.input_embeddings(s.tokens[None], [(0, span)])[0]
+    proj, _ = model.adaptor(span.audio[None], torch.tensor([span.audio.shape[0]]))
+    assert torch.allclose(emb[span.start : span.start + span.length], proj[0], atol=1e-6)
+    short = type(span)(span.start, span.length + 1, span.audio)
+    with pytest.raises(ValueError, match="7 placeholder positions but encoder \\+ adaptor produced 6"):
+        model.input_embeddings(s.tokens[None], [(0, short)])
+
+
+def test_per_codebook_head_ablation():
+    model = BagpiperModel.from_config(tiny_config(head="per_codebook"))
+    assert len(model.codebook_heads) == model.vocab.num_codebooks - 1
+    logits, lo = model.stream_logits(torch.randn(3, model.backbone.hidden_size), 2)
+    assert logits.shape == (3, model.vocab.block_size) and lo == model.vocab.block_start(2)
+    out = model(pack(samples(model), budget=256, pad_ids=model._stream_pads))
+    assert torch.isfinite(out.loss)
+
+
+def test_save_load_round_trip_is_exact(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    loaded = BagpiperModel.from_pretrained(tmp_path / "m")
+    assert loaded.load_report.clean
+    batch = pack(samples(model), budget=256, pad_ids=model._stream_pads)
+    assert torch.equal(model(batch).loss, loaded(batch).loss)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    for name in ("codec", "encoder", "backbone", "tokenizer"):
+        assert (tmp_path / "m" / name).is_dir()
+    assert not list(tmp_path.glob("m/*.bin")) and not list(tmp_path.glob("m/*.pt"))  # no pickle
+
+
+def test_partial_load_reports_what_did_not_fit(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    new_codec = {"codec": {"name": "dac", "preset": "tiny"}}
+    with pytest.raises(ValueError, match="do not fit the model"):
+        BagpiperModel.from_pretrained(tmp_path / "m", overrides=new_codec)
+    loaded = BagpiperModel.from_pretrained(tmp_path / "m", overrides=new_codec, strict=False)
+    report = loaded.load_report
+    assert any(m.startswith("embed.weight") for m in report["mismatched"])
+    assert any(m.startswith("stream_embed") for m in report["mismatched"])
+    assert not report["missing"] and not report["unexpected"]
+    # The adaptor fits and was loaded.
+    assert torch.equal(
+        loaded.adaptor.state_dict()["proj.0.weight"], model.adaptor.state_dict()["proj.0.weight"]
+    )
+
+
+# ---------------------------------------------------------------------- bad configs
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        (
+            {"adaptor": {"name": "mlp", "output_dim": 7}},
+            ValueError,
+            "adaptor output_dim=7 does not match the model's 64",
+        ),
+        (
+            {"pattern": {"name": "delay", "num_codebooks": 3}},
+            ValueError,
+            "pattern num_codebooks=3 but the codec has 8",
+        ),
+        ({"head": "twin"}, ValueError, "head must be 'shared' or 'per_codebook'"),
+        (
+            {
+                "tokenizer": {"name": "bpe", "preset": "tiny"},
+                "backbone": {"name": "qwen3", "preset": "tiny", "config": {"vocab_size": 100}},
+            },
+            ValueError,
+            "tokenizer does not belong to this backbone",
+        ),
+        ({"codec": {"name": "xcodex"}}, KeyError, "Did you mean 'xcodec'"),
+    ],
+)
+def test_bad_configs(overrides, error, match):
+    with pytest.raises(error, match=match):
+        BagpiperModel.from_config(tiny_config(**overrides))
+
+
+def test_unknown_config_key_and_preset():
+    with pytest.raises(ValueError, match=r"unknown model config keys \['codek'\]"):
+        BagpiperModel.from_config({"codek": {}})
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        BagpiperModel.from_config("huge")
+
+
+def test_bad_batches(model):
+    batch = pack(samples(model), budget=256, pad_ids=model._stream_pads)
+    with pytest.raises(ValueError, match="batch needs tokens"):
+        model({"tokens": batch.tokens})
+    with pytest.raises(ValueError, match="tokens have 3 streams, the model has K=8"):
+        model.embed_tokens(batch.tokens[..., :3])
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        model.embed_tokens(batch.tokens + model.vocab.size)
