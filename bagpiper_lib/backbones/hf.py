@@ -1,0 +1,381 @@
+"""``Backbone``: a Hugging Face decoder-only causal LM body run on ``inputs_embeds`` -> hidden ``[B, T, H]``.
+
+Design:
+
+* **Body and head.** The whole ``AutoModelForCausalLM`` is kept as ``self.lm`` (so ``save_pretrained``
+  writes a normal transformers checkpoint), ``forward`` runs only its body (``lm.base_model``, the
+  ``AutoModel`` part: decoder layers + final norm). The pretrained input embedding table and LM head
+  stay available through :meth:`Backbone.text_embeddings` / :meth:`Backbone.lm_head_weight` so the
+  model layer can copy text rows into its extended multimodal vocabulary. Neither takes part in
+  ``forward``, so both are always frozen (``requires_grad=False``); a tied head is the very same
+  tensor as the embedding table (no second copy in memory).
+* **Packing.** ``position_ids`` that restart inside a row mark packed samples. When they do, the
+  backbone builds the isolation itself (block-diagonal causal mask for ``sdpa`` / ``eager`` /
+  ``flex_attention``; varlen sequence offsets for ``flash_attention_*``, see
+  :mod:`bagpiper_lib.backbones.packing`) instead of relying on transformers' implicit inference,
+  which only happens in some code paths and leaks across samples in others.
+* **KV cache.** :meth:`Backbone.allocate_cache` returns a transformers ``StaticCache`` preallocated for
+  ``[batch, max_len]``; ``forward(..., cache=cache)`` writes the new keys/values into it in place and
+  still returns only the hidden states, so the return type never changes. Any transformers ``Cache``
+  (e.g. ``DynamicCache``) works the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bagpiper_lib.backbones import packing
+from bagpiper_lib.backbones.loading import (
+    build_random,
+    check_attn_implementation,
+    load_pretrained,
+    parse_dtype,
+)
+
+__all__ = ["Backbone"]
+
+_FLASH = ("flash_attention_2", "flash_attention_3")
+_MASKED_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+class Backbone(torch.nn.Module):
+    """A decoder-only causal LM body from transformers (Qwen3, Llama or any ``AutoModelForCausalLM`` type).
+
+    Args:
+        pretrained: a local directory with ``config.json`` + weights (e.g. written by
+            :meth:`save_pretrained`) or a hub id such as ``"Qwen/Qwen3-8B-Base"``.
+        model_type: the transformers ``model_type`` to build (``"qwen3"``, ``"llama"``, ...). With
+            ``pretrained`` it is checked against the checkpoint's type.
+        config: config keyword arguments: for a random-init model the whole config; with
+            ``pretrained`` overrides of the checkpoint's config. May carry ``"model_type"``.
+        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flex_attention"``,
+            ``"flash_attention_2"`` or ``"flash_attention_3"``.
+        dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or a ``torch.dtype``); ``None`` is
+            float32 for random init and the checkpoint's stored dtype (``"auto"``) for ``pretrained``.
+        gradient_checkpointing: recompute decoder layers in backward (train mode only).
+        trainable: ``False`` freezes every parameter (the training recipe's warm-up stage).
+        seed: RNG seed of random init, so a preset builds the same weights every time.
+        local_files_only: never download (default); set ``False`` to fetch a hub id.
+        trust_remote_code: run a checkpoint's own modeling code; off unless asked for.
+        revision: hub revision (branch, tag or commit) of a hub id.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | Path | None = None,
+        *,
+        model_type: str | None = None,
+        config: dict[str, Any] | None = None,
+        attn_implementation: str = "sdpa",
+        dtype: str | torch.dtype | None = None,
+        gradient_checkpointing: bool = False,
+        trainable: bool = True,
+        seed: int = 0,
+        local_files_only: bool = True,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+    ):
+        super().__init__()
+        check_attn_implementation(attn_implementation)
+        config = dict(config or {})
+        if "model_type" in config:
+            config_type = config.pop("model_type")
+            if model_type is not None and config_type != model_type:
+                raise ValueError(f"model_type={model_type!r} but config has model_type={config_type!r}")
+            model_type = config_type
+        kernel = {"attn_implementation": attn_implementation, "trust_remote_code": bool(trust_remote_code)}
+        if pretrained is not None:
+            self.lm = load_pretrained(
+                pretrained,
+                model_type=model_type,
+                overrides=config,
+                dtype=parse_dtype(dtype, "auto"),
+                local_files_only=local_files_only,
+                revision=revision,
+                **kernel,
+            )
+        else:
+            dtype = parse_dtype(dtype, torch.float32)
+            self.lm = build_random(model_type, config, dtype=dtype, seed=seed, **kernel)
+        cfg = self.lm.config
+        self.hidden_size: int = int(cfg.hidden_size)
+        self.vocab_size: int = int(cfg.vocab_size)
+        self.max_position_embeddings: int | None = getattr(cfg, "max_position_embeddings", None)
+        self.model_type: str = str(cfg.model_type)
+        body_args = inspect.signature(self.body.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in body_args else "past_key_values"
+        self.set_gradient_checkpointing(gradient_checkpointing)
+        self.set_trainable(trainable)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def config(self):
+        """The transformers ``PreTrainedConfig`` of the wrapped model."""
+        return self.lm.config
+
+    @property
+    def body(self) -> torch.nn.Module:
+        """The ``AutoModel`` part (decoder layers + final norm) that ``forward`` runs."""
+        return self.lm.base_model
+
+    @property
+    def attn_implementation(self) -> str:
+        return str(self.lm.config._attn_implementation)
+
+    @property
+    def tied_head(self) -> bool:
+        """True when the LM head shares its weight with the input embedding table."""
+        head = self.lm.get_output_embeddings()
+        return head is not None and head.weight is self.lm.get_input_embeddings().weight
+
+    def text_embeddings(self) -> torch.Tensor:
+        """The pretrained input embedding table ``[V, H]`` (detached view, no copy)."""
+        return self.lm.get_input_embeddings().weight.detach()
+
+    def lm_head_weight(self) -> torch.Tensor | None:
+        """The pretrained LM head ``[V, H]`` (detached view; the embedding table itself when tied),
+        or ``None`` for a model without an output projection."""
+        head = self.lm.get_output_embeddings()
+        return None if head is None else head.weight.detach()
+
+    # ------------------------------------------------------------------ switches
+    def set_trainable(self, trainable: bool) -> None:
+        """Freeze (``False``) or unfreeze the body. The embedding table and head stay frozen."""
+        self.trainable = bool(trainable)
+        self.lm.requires_grad_(False)
+        if self.trainable:
+            self.body.requires_grad_(True)
+            self.lm.get_input_embeddings().requires_grad_(False)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Turn activation recomputation of the decoder layers on or off (applies in train mode)."""
+        self.gradient_checkpointing = bool(enabled)
+        lm = self.lm
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x names
+            if enabled:
+                lm.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                lm.activation_checkpointing_disable()
+        elif enabled:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_disable()
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Switch the attention kernel of a built backbone (same names as the constructor)."""
+        check_attn_implementation(attn_implementation)
+        self.lm.set_attn_implementation(attn_implementation)
+
+    # ------------------------------------------------------------------ running
+    def allocate_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """A preallocated ``transformers.StaticCache`` of ``max_len`` positions for ``batch_size`` rows.
+
+        Keys/values live in tensors ``[batch_size, kv_heads, max_len, head_dim]`` per layer (device and
+        dtype default to the backbone's); attention only sees the filled prefix. Use it as::
+
+            cache = backbone.allocate_cache(B, prompt_len + max_new_tokens)
+            hidden = backbone(prompt [B, P, H], positions [B, P], cache=cache)        # prefill
+            hidden = backbone(step [B, 1, H], positions [B, 1], cache=cache)          # each step
+
+        ``cache.reset()`` empties it for reuse.
+        """
+        from transformers import StaticCache
+
+        if batch_size < 1 or max_len < 1:
+            raise ValueError(
+                f"allocate_cache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}"
+            )
+        if self.max_position_embeddings is not None and max_len > self.max_position_embeddings:
+            raise ValueError(
+                f"allocate_cache max_len={max_len} exceeds the model's max_position_embeddings="
+                f"{self.max_position_embeddings}"
+            )
+        cfg = self.lm.config
+        heads = int(cfg.num_attention_heads)
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or self.hidden_size // heads)
+        weight = self.text_embeddings()
+        cache = StaticCache(config=cfg, max_cache_len=max_len)
+        cache.early_initialization(
+            batch_size, kv_heads, head_dim, dtype or weight.dtype, torch.device(device or weight.device)
+        )
+        return cache
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        *,
+        cache=None,
+        **attention_kwargs: Any,
+    ) -> torch.Tensor:
+        """Run the body on embeddings.
+
+        Args:
+            inputs_embeds: ``[B, T, H]`` (cast to the backbone's dtype).
+            position_ids: ``[B, T]`` integer positions. Restarts inside a row (any step other than +1)
+                start a new packed sample; samples never attend to each other.
+            cache: a transformers ``Cache`` (see :meth:`allocate_cache`), updated in place. Packed
+                rows cannot use a cache. Without one, nothing is cached (``use_cache=False``).
+            **attention_kwargs: passed to the transformers body, e.g. a 2D padding
+                ``attention_mask [B, T]`` (``[B, past + T]`` with a cache; combined with the packing
+                mask), or a custom 4D mask / per-layer-type dict (used as given). ``past_key_values``
+                is accepted as an alias of ``cache``.
+
+        Returns:
+            hidden ``[B, T, H]``: the body's final-norm output.
+        """
+        if "past_key_values" in attention_kwargs:
+            if cache is not None:
+                raise ValueError("pass the KV cache as cache= or past_key_values=, not both")
+            cache = attention_kwargs.pop("past_key_values")
+        use_cache = attention_kwargs.pop("use_cache", None)
+        if use_cache and cache is None:
+            raise ValueError(
+                "use_cache=True needs a cache: pass cache=backbone.allocate_cache(batch, max_len)"
+            )
+        if use_cache is False and cache is not None:
+            raise ValueError("use_cache=False contradicts the cache that was passed; drop one of them")
+        x = self._check_inputs(inputs_embeds, position_ids)
+        packed = self._check_positions(position_ids, cache)
+        mask = attention_kwargs.pop("attention_mask", None)
+        custom_mask = isinstance(mask, dict) or (mask is not None and mask.dim() != 2)
+        if packed and not custom_mask:
+            if cache is not None:
+                raise ValueError(
+                    "position_ids restart inside a row (packed samples), which cannot be decoded with a "
+                    "KV cache; run packed rows without cache, and one sample per row when caching"
+                )
+            if self.attn_implementation in _FLASH:
+                return self._forward_varlen(x, position_ids, mask, attention_kwargs)
+            mask = self._packed_mask(x, position_ids, mask)
+        if cache is not None:  # transformers < 5.x calls it past_key_values
+            attention_kwargs[self._cache_kwarg] = cache
+        out = self.body(
+            inputs_embeds=x,
+            position_ids=position_ids,
+            attention_mask=mask,
+            use_cache=cache is not None,
+            **attention_kwargs,
+        )
+        return out.last_hidden_state
+
+    def _forward_varlen(self, x, position_ids, mask, attention_kwargs) -> torch.Tensor:
+        """Flash-attention path: flatten ``[B, T]`` to one row and give the kernel the sample offsets."""
+        if mask is not None:
+            raise ValueError(
+                f"attn_implementation={self.attn_implementation!r} with packed position_ids takes no 2D "
+                "attention_mask (the varlen kernel ignores it); give padding its own restarting positions"
+            )
+        batch, length, hidden = x.shape
+        out = self.body(
+            inputs_embeds=x.reshape(1, batch * length, hidden),
+            position_ids=position_ids.reshape(1, batch * length),
+            use_cache=False,
+            **packing.varlen_kwargs(position_ids),
+            **attention_kwargs,
+        )
+        return out.last_hidden_state.reshape(batch, length, hidden)
+
+    def _packed_mask(self, x: torch.Tensor, position_ids: torch.Tensor, padding: torch.Tensor | None):
+        """Block-diagonal causal mask(s) in the form the attention implementation takes."""
+        cfg = self.lm.config
+        layer_types = list(dict.fromkeys(getattr(cfg, "layer_types", None) or ["full_attention"]))
+        unsupported = [t for t in layer_types if t not in _MASKED_LAYER_TYPES]
+        if unsupported:
+            raise ValueError(
+                f"packed position_ids on a {self.model_type!r} model with layer types {unsupported}: only "
+                f"{list(_MASKED_LAYER_TYPES)} layers can be isolated; pass one sample per row"
+            )
+        segments = packing.segment_ids(position_ids)
+        impl = self.attn_implementation
+
+        def build(layer_type: str):
+            window = getattr(cfg, "sliding_window", None) if layer_type == "sliding_attention" else None
+            if impl == "flex_attention":
+                return packing.flex_block_mask(segments, sliding_window=window, padding_mask=padding)
+            mask = packing.block_causal_mask(segments, sliding_window=window, padding_mask=padding)
+            return mask if impl == "sdpa" else packing.additive_mask(mask, x.dtype)
+
+        masks = {t: build(t) for t in layer_types}
+        return masks["full_attention"] if layer_types == ["full_attention"] else masks
+
+    def _check_inputs(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Shape/dtype checks; returns ``inputs_embeds`` in the backbone's dtype."""
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
+            raise ValueError(
+                f"inputs_embeds must be [B, T, H={self.hidden_size}], got {_describe(inputs_embeds)}"
+            )
+        if inputs_embeds.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must be [B, T, H] with H = hidden_size = {self.hidden_size}, "
+                f"got {_describe(inputs_embeds)}"
+            )
+        if not inputs_embeds.is_floating_point():
+            raise TypeError(f"inputs_embeds must be a float tensor, got {inputs_embeds.dtype}")
+        batch, length = inputs_embeds.shape[:2]
+        if length == 0:
+            raise ValueError("inputs_embeds has no time steps (T = 0)")
+        if not isinstance(position_ids, torch.Tensor) or tuple(position_ids.shape) != (batch, length):
+            raise ValueError(
+                f"position_ids must be [B, T] = {(batch, length)} like inputs_embeds, got {_describe(position_ids)}"
+            )
+        if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
+            raise TypeError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
+        if self.max_position_embeddings is not None and length > self.max_position_embeddings:
+            raise ValueError(
+                f"sequence of T={length} positions exceeds the model's max_position_embeddings="
+                f"{self.max_position_embeddings}"
+            )
+        dtype = self.text_embeddings().dtype
+        return inputs_embeds if inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
+
+    def _check_positions(self, position_ids: torch.Tensor, cache) -> bool:
+        """Validate position values (one host sync) and return whether any row is packed."""
+        limit = self.max_position_embeddings
+        restarts = packing.segment_starts(position_ids)[:, 1:].any()
+        flags = torch.stack([restarts, position_ids.min() < 0, position_ids.max() >= (limit or 0)])
+        packed, negative, too_far = flags.tolist()
+        if negative:
+            raise ValueError(f"position_ids must be >= 0, got min {int(position_ids.min())}")
+        if limit is not None and too_far:
+            raise ValueError(
+                f"position_ids reach {int(position_ids.max())}, beyond the model's max_position_embeddings={limit} "
+                f"(positions 0..{limit - 1})"
+            )
+        if cache is not None:
+            capacity = cache.get_max_length() if getattr(cache, "layers", None) else -1  # -1: unbounded
+            filled = int(cache.get_seq_length())
+            if capacity > 0 and filled + position_ids.shape[1] > capacity:
+                raise ValueError(
+                    f"KV cache holds {capacity} positions, {filled} are filled; {position_ids.shape[1]} more do "
+                    "not fit: allocate_cache(batch, max_len) with a larger max_len"
+                )
+        return bool(packed)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the causal LM (body + head) as ``config.json`` + safetensors, readable by ``pretrained=``."""
+        directory = Path(directory)
+        self.lm.save_pretrained(str(directory))
+        return directory
+
+    def extra_repr(self) -> str:
+        return (
+            f"model_type={self.model_type!r}, hidden_size={self.hidden_size}, attn={self.attn_implementation!r}, "
+            f"trainable={self.trainable}, gradient_checkpointing={self.gradient_checkpointing}"
+        )
+
+
+def _describe(value: Any) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__

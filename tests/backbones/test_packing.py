@@ -1,0 +1,154 @@
+"""Packed rows: samples sharing a row must not see each other, whatever the attention kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from bagpiper_lib.backbones import packing
+from tests.backbones.conftest import embeds, positions, tiny
+
+LENGTHS = (5, 3, 4)
+
+
+def run_alone(backbone, x: torch.Tensor, lengths=LENGTHS) -> torch.Tensor:
+    """Each sample of a packed row run on its own, concatenated back ``[1, T, H]``."""
+    outs, start = [], 0
+    for n in lengths:
+        outs.append(backbone(x[:, start : start + n], torch.arange(n)[None]))
+        start += n
+    return torch.cat(outs, dim=1)
+
+
+def test_segment_ids_and_mask_layout():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [4, 5, 6, 7, 8, 9, 0, 1, 2]])
+    assert packing.segment_ids(pos).tolist() == [[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 1, 1]]
+    mask = packing.block_causal_mask(packing.segment_ids(pos))
+    assert mask.shape == (2, 1, 9, 9)
+    assert mask[0, 0, 4].tolist() == [False, False, False, True, True, False, False, False, False]
+    assert mask[1, 0, 5].tolist() == [True] * 6 + [False] * 3
+    # sliding window 2: each token sees itself and its predecessor inside its sample
+    window = packing.block_causal_mask(packing.segment_ids(pos), sliding_window=2)
+    assert window[0, 0, 8].tolist() == [False] * 7 + [True, True]
+    additive = packing.additive_mask(mask, torch.float32)
+    assert additive[0, 0, 4, 3] == 0 and additive[0, 0, 4, 0] == torch.finfo(torch.float32).min
+
+
+def test_flex_mask_mod_matches_dense_mask():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [4, 5, 6, 7, 8, 9, 0, 1, 2]])
+    segments = packing.segment_ids(pos)
+    padding = torch.ones(2, 9, dtype=torch.bool)
+    padding[1, -2:] = False
+    for window in (None, 2):
+        mod = packing.block_causal_mask_mod(segments, sliding_window=window, padding_mask=padding)
+        b, h, q, k = torch.arange(2), torch.arange(1), torch.arange(9), torch.arange(9)
+        dense = mod(
+            b[:, None, None, None], h[None, :, None, None], q[None, None, :, None], k[None, None, None, :]
+        )
+        expected = packing.block_causal_mask(segments, sliding_window=window, padding_mask=padding)
+        assert torch.equal(dense, expected)
+
+
+def test_varlen_offsets_cover_rows_and_samples():
+    pos = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 2, 3, 4]])
+    kwargs = packing.varlen_kwargs(pos)
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 10]
+    assert kwargs["cu_seq_lens_q"].dtype == torch.int32
+    assert kwargs["max_length_q"] == 5
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_equals_unpacked(entry, attn):
+    backbone = tiny(entry, attn_implementation=attn)
+    x = embeds(1, sum(LENGTHS))
+    packed = backbone(x, positions(*LENGTHS))
+    torch.testing.assert_close(packed, run_alone(backbone, x), atol=1e-5, rtol=0)
+
+
+def test_packed_batch_of_rows_with_different_layouts():
+    backbone = tiny("qwen3")
+    x = embeds(2, 8)
+    pos = torch.stack([positions(5, 3)[0], positions(2, 6)[0]])
+    out = backbone(x, pos)
+    torch.testing.assert_close(out[:1], run_alone(backbone, x[:1], (5, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1:], run_alone(backbone, x[1:], (2, 6)), atol=1e-5, rtol=0)
+
+
+def test_isolation_matters():
+    """Without the block-diagonal mask the later samples would read the earlier ones."""
+    backbone = tiny("qwen3")
+    x, pos = embeds(1, sum(LENGTHS)), positions(*LENGTHS)
+    alone = run_alone(backbone, x)
+    first = LENGTHS[0]
+    with torch.no_grad():
+        # 1. transformers given a cache skips its packing inference and attends across samples
+        leaky = backbone.body(inputs_embeds=x, position_ids=pos, cache=DynamicCache(), use_cache=True)
+        # 2. a plain causal mask passed by hand (used as given) does the same
+        causal = torch.ones(1, 1, x.shape[1], x.shape[1], dtype=torch.bool).tril()
+        plain = backbone(x, pos, attention_mask=causal)
+    for out in (leaky.last_hidden_state, plain):
+        torch.testing.assert_close(out[:, :first], alone[:, :first], atol=1e-5, rtol=0)
+        assert (out[:, first:] - alone[:, first:]).abs().max() > 1e-3
+    torch.testing.assert_close(backbone(x, pos), alone, atol=1e-5, rtol=0)
+
+
+def test_packing_combined_with_padding_mask():
+    backbone = tiny("llama")
+    x = embeds(1, 10)
+    pos = torch.cat([positions(5, 3)[0], torch.tensor([0, 0])])[None]  # two pad slots at the end
+    pad = torch.ones(1, 10, dtype=torch.long)
+    pad[:, -2:] = 0
+    out = backbone(x, pos, attention_mask=pad)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, :8], run_alone(backbone, x[:, :8], (5, 3)), atol=1e-5, rtol=0)
+
+
+def test_packed_with_sliding_window_layers():
+    config = {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 1}
+    backbone = tiny("hf_causal_lm", config=config)
+    assert backbone.config.layer_types == ["full_attention", "sliding_attention"]
+    x = embeds(1, sum(LENGTHS))
+    torch.testing.assert_close(backbone(x, positions(*LENGTHS)), run_alone(backbone, x), atol=1e-5, rtol=0)
+
+
+def _fake_varlen_flash(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Reference varlen attention: causal SDPA inside each [cu_seqlens[i], cu_seqlens[i+1]) span."""
+    cu = kwargs["cu_seq_lens_q"]
+    assert attention_mask is None and query.shape[0] == 1, "varlen path expects one flattened row"
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    out = torch.empty_like(query)
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        out[:, :, start:end] = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            is_causal=True,
+            scale=scaling,
+        )
+    return out.transpose(1, 2), None
+
+
+def test_flash_path_passes_varlen_offsets(monkeypatch):
+    """The flash_attention_2 route (flattened batch + cu_seqlens), run with a reference kernel."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    backbone = tiny("qwen3")
+    x = embeds(2, 8)
+    pos = torch.stack([positions(5, 3)[0], positions(2, 6)[0]])
+    expected = backbone(x, pos)
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "flash_attention_2", _fake_varlen_flash)
+    monkeypatch.setattr(backbone.lm.config, "_attn_implementation", "flash_attention_2")
+    torch.testing.assert_close(backbone(x, pos), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="takes no 2D attention_mask"):
+        backbone(x, pos, attention_mask=torch.ones(2, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention compiles for ~1 min on CPU")
+def test_flex_attention_packed_on_gpu():
+    backbone = tiny("qwen3", attn_implementation="flex_attention").cuda()
+    reference = tiny("qwen3").cuda()
+    x = embeds(1, sum(LENGTHS)).cuda()
+    pos = positions(*LENGTHS).cuda()
+    torch.testing.assert_close(backbone(x, pos), reference(x, pos), atol=1e-4, rtol=0)
