@@ -1,0 +1,247 @@
+"""Lightning data: packed batches drawn from the task mixture, resumable mid-epoch, distributed-safe.
+
+``BagpiperDataModule`` reads its records from a source (the embedded synthetic corpus by default, or
+JSONL manifests), gets the sequence builder and codec from the model it trains (``setup`` runs after
+the LightningModule is built), pre-tokenises audio-output clips once, and serves:
+
+* train: :class:`PackedStream` — ``batches_per_epoch`` batches of ``rows_per_batch`` rows of
+  ``token_budget`` positions, filled best-fit from a :class:`~bagpiper_lib.data.mixture.TaskMixture`
+  with CFG condition dropout; its ``state_dict`` makes Lightning resume it exactly mid-epoch. Each rank
+  draws its own stream (seed + rank), and every rank yields the same number of batches.
+* val / test: a fixed list of packed batches from held-out records.
+* predict: requests from ``predict`` (captions to synthesise, audio files to caption).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from bagpiper_lib.data.mixture import PRETRAIN_RATIOS, TaskMixture
+from bagpiper_lib.data.records import Record
+from bagpiper_lib.sequence.messages import ConditionDropout
+from bagpiper_lib.sequence.packing import PackedBatch, PackingPlan, collate_packed, truncate_sample
+
+__all__ = ["BagpiperDataModule", "PackedStream", "load_records"]
+
+DEFAULT_SOURCE = {"name": "synthetic", "train_size": 1000, "val_size": 32, "seed": 0, "duration": [1.0, 1.5]}
+
+
+def load_records(source: dict[str, Any], split: str) -> tuple[list[Record], list[str]]:
+    """Records and a text corpus of ``split`` (``"train"`` / ``"val"``) from a source spec."""
+    name = source.get("name")
+    if name == "synthetic":
+        from bagpiper_lib.data import synthetic
+
+        size = int(source["train_size" if split == "train" else "val_size"])
+        seed = int(source.get("seed", 0))
+        kwargs = {"duration": tuple(source["duration"])} if "duration" in source else {}
+        records = synthetic.generate(size, seed=seed, split="train" if split == "train" else "heldout", **kwargs)
+        texts = synthetic.text_corpus(max(size, 8), seed=seed if split == "train" else seed + 1)
+        return records, texts
+    if name == "manifest":
+        from bagpiper_lib.data.manifest import AudioLoader, read_manifest
+
+        path = source.get(split)
+        if path is None or not Path(path).is_file():
+            raise FileNotFoundError(f"data.source.{split}: manifest {path!r} does not exist")
+        records = read_manifest(path)
+        loader = AudioLoader(sample_rate=int(source.get("sample_rate", 16000)), max_seconds=float(source.get("max_seconds", 30.0)))
+        kept = []
+        for record in records:
+            if record.audio is None and record.codes is None:
+                wav = loader.load_or_none(record)
+                if wav is None:
+                    continue
+                record.audio, record.sample_rate = wav, loader.sample_rate
+            kept.append(record)
+        texts_path = source.get("texts")
+        texts = Path(texts_path).read_text().splitlines() if texts_path else []
+        return kept, [t for t in texts if t.strip()]
+    raise ValueError(f"data.source.name must be 'synthetic' or 'manifest', got {name!r}")
+
+
+class PackedStream:
+    """Batches of packed rows drawn from a mixture; an iterable Lightning can checkpoint and resume.
+
+    Args:
+        mixture: the sample source.
+        pad_ids: ``[K]`` fill of padding positions.
+        token_budget: row length.
+        rows_per_batch: rows per batch.
+        batches: batches per epoch (``len``).
+        dropout: CFG condition dropout transform (or ``None``).
+        seed: seed of the dropout RNG.
+    """
+
+    def __init__(self, mixture: TaskMixture, pad_ids: torch.Tensor, token_budget: int, rows_per_batch: int,
+                 batches: int, dropout: ConditionDropout | None = None, seed: int = 0):
+        self.mixture, self.pad_ids, self.budget = mixture, pad_ids, int(token_budget)
+        self.rows, self.batches, self.dropout = int(rows_per_batch), int(batches), dropout
+        self.rng = random.Random(seed)
+        self.consumed = 0  # batches of the current epoch already yielded
+        self.truncated = 0
+        self._pending = None  # a drawn sample that did not fit the previous batch
+        self._resume = None  # (mixture, rng) state from just before the pending sample was drawn
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        if self.consumed >= self.batches:
+            self.consumed = 0
+        while self.consumed < self.batches:
+            batch = self._next_batch()
+            self.consumed += 1
+            yield batch
+
+    def _draw(self):
+        snapshot = (copy.deepcopy(self.mixture.state_dict()), self.rng.getstate())
+        sample = self.mixture.sample()
+        if self.dropout is not None:
+            sample = self.dropout(sample, self.rng)
+        if len(sample) > self.budget:
+            sample = truncate_sample(sample, self.budget)
+            self.truncated += 1
+        return sample, snapshot
+
+    def _next_batch(self) -> PackedBatch:
+        rows: list[list[int]] = [[] for _ in range(self.rows)]
+        space = [self.budget] * self.rows
+        samples = []
+        while True:
+            if self._pending is not None:
+                sample, snapshot = self._pending, self._resume
+                self._pending = self._resume = None
+            else:
+                sample, snapshot = self._draw()
+            fits = [i for i in range(self.rows) if space[i] >= len(sample)]
+            if not fits:
+                self._pending, self._resume = sample, snapshot
+                break
+            best = min(fits, key=lambda i: space[i])
+            rows[best].append(len(samples))
+            samples.append(sample)
+            space[best] -= len(sample)
+            if all(s < 0.005 * self.budget + 1 for s in space):
+                break
+        plan = PackingPlan(rows=[r for r in rows if r], truncated=[], rejected=[], budget=self.budget,
+                           lengths=[len(s) for s in samples])
+        return collate_packed(samples, plan, self.pad_ids)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._pending is not None:
+            mixture_state, rng_state = self._resume
+        else:
+            mixture_state, rng_state = self.mixture.state_dict(), self.rng.getstate()
+        return {"mixture": mixture_state, "rng": rng_state, "consumed": self.consumed,
+                "pending": self._pending is not None, "truncated": self.truncated}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mixture.load_state_dict(state["mixture"])
+        rng = state["rng"]
+        self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+        self.consumed = int(state["consumed"])
+        self.truncated = int(state.get("truncated", 0))
+        self._pending = self._resume = None
+        if state["pending"]:
+            self._pending, self._resume = self._draw()
+
+
+class BagpiperDataModule(L.LightningDataModule):
+    """Data of a Bagpiper run.
+
+    Args:
+        source: ``{"name": "synthetic", "train_size", "val_size", "seed", "duration"}`` (default) or
+            ``{"name": "manifest", "train": path, "val": path, "texts": path, "sample_rate": 16000}``.
+        tasks: task -> share by tokens (default pretraining 300 : 150 : 150).
+        token_budget: positions per packed row.
+        rows_per_batch: rows per batch.
+        batches_per_epoch: training batches per epoch (per rank).
+        val_batches: validation batches (fixed).
+        cfg_dropout: CFG condition dropout probability.
+        predict: ``{"captions": [...], "audio": [paths], "requests": [...], "out_dir": "predictions"}``.
+        seed: base seed (each rank adds its rank).
+    """
+
+    def __init__(
+        self,
+        source: dict[str, Any] | None = None,
+        tasks: dict[str, float] | None = None,
+        token_budget: int = 512,
+        rows_per_batch: int = 4,
+        batches_per_epoch: int = 100,
+        val_batches: int = 4,
+        cfg_dropout: float = 0.05,
+        predict: dict[str, Any] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.source = {**DEFAULT_SOURCE, **(source or {})} if (source or {}).get("name", "synthetic") == "synthetic" else dict(source)
+        self.tasks = dict(tasks or PRETRAIN_RATIOS)
+        self.token_budget, self.rows_per_batch = token_budget, rows_per_batch
+        self.batches_per_epoch, self.val_batches = batches_per_epoch, val_batches
+        self.cfg_dropout, self.predict_spec, self.seed = cfg_dropout, dict(predict or {}), seed
+        self._train = self._val = None
+        self.val_records: list[Record] = []
+
+    def _model(self):
+        if self.trainer is None or self.trainer.lightning_module is None:
+            raise RuntimeError("BagpiperDataModule needs the trainer's LightningModule (its model) in setup")
+        return self.trainer.lightning_module.model
+
+    def _with_codes(self, records: list[Record], codec) -> list[Record]:
+        """Pre-tokenise every record without codes for this codec, batched by length."""
+        todo = [r for r in records if r.codes is None and r.audio is not None]
+        todo.sort(key=lambda r: r.audio.shape[0])
+        for i in range(0, len(todo), 16):
+            group = todo[i : i + 16]
+            lengths = torch.tensor([r.audio.shape[0] for r in group])
+            wav = torch.nn.utils.rnn.pad_sequence([r.audio for r in group], batch_first=True)
+            codes, frames = codec.encode(wav.to(codec.device), lengths, sample_rate=group[0].sample_rate)
+            for r, c, f in zip(group, codes.cpu(), frames.tolist()):
+                r.codes = c[:, :f]
+        return records
+
+    def setup(self, stage: str | None = None) -> None:
+        model = self._model()
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if stage in ("fit", "validate", "test", None) and self._val is None:
+            val, val_texts = load_records(self.source, "val")
+            self.val_records = self._with_codes(val, model.codec)
+            mixture = TaskMixture(model.builder, self.val_records, val_texts, ratios=self.tasks, seed=self.seed + 10_000)
+            stream = PackedStream(mixture, model._stream_pads, self.token_budget, self.rows_per_batch, self.val_batches)
+            self._val = list(stream)  # fixed held-out batches, identical every validation
+        if stage in ("fit", None) and self._train is None:
+            train, texts = load_records(self.source, "train")
+            mixture = TaskMixture(model.builder, self._with_codes(train, model.codec), texts, ratios=self.tasks,
+                                  seed=self.seed + rank)
+            dropout = ConditionDropout(model.vocab, self.cfg_dropout) if self.cfg_dropout > 0 else None
+            self._train = PackedStream(mixture, model._stream_pads, self.token_budget, self.rows_per_batch,
+                                       self.batches_per_epoch, dropout, seed=self.seed + rank)
+
+    def train_dataloader(self):
+        return self._train
+
+    def val_dataloader(self):
+        return self._val
+
+    def test_dataloader(self):
+        return self._val
+
+    def predict_dataloader(self):
+        items = [{"kind": "synthesize", "caption": c} for c in self.predict_spec.get("captions", [])]
+        items += [{"kind": "caption", "audio": str(p)} for p in self.predict_spec.get("audio", [])]
+        items += [{"kind": "respond", "request": r} for r in self.predict_spec.get("requests", [])]
+        if not items:
+            raise ValueError("predict needs data.predict.captions, data.predict.audio or data.predict.requests")
+        return [[item] for item in items]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,238 @@
+"""The LightningModule: a ``BagpiperModel`` built from plain-data component specs, plus the optimiser,
+schedule, freezing policy of a training stage and cheap validation probes.
+
+Every init argument is plain data, so the hparams are YAML, ``load_from_checkpoint`` rebuilds the model,
+and an ablation is a one-line override (``--model.codec.name=dac``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from bagpiper_lib.model import BagpiperModel
+from bagpiper_lib.model.bagpiper import DEFAULT_CONFIG
+
+__all__ = ["BagpiperLitModule", "lr_lambda"]
+
+DEFAULT_OPTIMIZER = {"lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.01, "eps": 1e-8}
+DEFAULT_SCHEDULER = {"name": "cosine", "warmup_steps": 0, "total_steps": None, "min_lr_ratio": 0.0}
+DEFAULT_FREEZE = {"encoder": True, "backbone": False, "embeddings": False}
+DEFAULT_PROBE = {"num_clips": 8, "max_steps": 96}
+
+
+def lr_lambda(name: str, warmup_steps: int, total_steps: int | None, min_lr_ratio: float = 0.0):
+    """Multiplier of the peak LR at a step: linear warm-up, then ``constant`` or ``cosine`` decay."""
+    if name not in ("constant", "cosine"):
+        raise ValueError(f"scheduler name must be 'constant' or 'cosine', got {name!r}")
+    if name == "cosine" and not total_steps:
+        raise ValueError("a cosine schedule needs scheduler.total_steps (or trainer.max_steps)")
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class BagpiperLitModule(L.LightningModule):
+    """Trains a ``BagpiperModel``.
+
+    Args:
+        codec, encoder, adaptor, backbone, tokenizer, pattern, vocabulary, head, codec_loss_weight,
+        own_codebook_only, loss_chunk_size: the model config (see ``bagpiper_lib.model.DEFAULT_CONFIG``);
+            ``encoder: null`` builds a model without audio input.
+        init_from: weights to start from: a previous stage's Lightning ``.ckpt`` or a directory written by
+            ``BagpiperModel.save_pretrained``. Tensors that do not fit are reported, not silently dropped.
+        freeze: ``{"encoder": bool, "backbone": bool, "embeddings": bool}`` — frozen parts of this stage
+            (warm-up: encoder and backbone body; pretrain and SFT: encoder).
+        optimizer: AdamW arguments (``lr``, ``betas``, ``weight_decay``, ``eps``).
+        scheduler: ``{"name": "constant" | "cosine", "warmup_steps", "total_steps", "min_lr_ratio"}``;
+            ``total_steps`` defaults to ``trainer.max_steps``.
+        gradient_checkpointing: recompute backbone layers in backward.
+        probe: validation probes on held-out clips: ``{"num_clips", "max_steps"}`` (0 clips: off).
+    """
+
+    def __init__(
+        self,
+        codec: dict[str, Any] | None = None,
+        encoder: dict[str, Any] | None = None,
+        adaptor: dict[str, Any] | None = None,
+        backbone: dict[str, Any] | None = None,
+        tokenizer: dict[str, Any] | None = None,
+        pattern: dict[str, Any] | None = None,
+        vocabulary: dict[str, Any] | None = None,
+        head: str = "shared",
+        codec_loss_weight: float | None = None,
+        own_codebook_only: bool = False,
+        loss_chunk_size: int = 1024,
+        init_from: str | None = None,
+        freeze: dict[str, bool] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
+        probe: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        config = {
+            "codec": codec or DEFAULT_CONFIG["codec"],
+            "encoder": encoder,
+            "adaptor": adaptor or DEFAULT_CONFIG["adaptor"],
+            "backbone": backbone or DEFAULT_CONFIG["backbone"],
+            "tokenizer": tokenizer or DEFAULT_CONFIG["tokenizer"],
+            "pattern": pattern or DEFAULT_CONFIG["pattern"],
+            "vocabulary": vocabulary or DEFAULT_CONFIG["vocabulary"],
+            "head": head,
+            "codec_loss_weight": codec_loss_weight,
+            "own_codebook_only": own_codebook_only,
+            "loss_chunk_size": loss_chunk_size,
+        }
+        self.model = BagpiperModel.from_config(config)
+        self.freeze_spec = {**DEFAULT_FREEZE, **(freeze or {})}
+        unknown = sorted(set(self.freeze_spec) - set(DEFAULT_FREEZE))
+        if unknown:
+            raise ValueError(f"unknown freeze keys {unknown}; known: {sorted(DEFAULT_FREEZE)}")
+        self.optimizer_spec = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+        self.scheduler_spec = {**DEFAULT_SCHEDULER, **(scheduler or {})}
+        self.probe_spec = {**DEFAULT_PROBE, **(probe or {})}
+        self.load_report = None
+        if init_from:
+            self.load_report = self._init_from(init_from)
+        self._apply_freeze(encoder)
+        if gradient_checkpointing:
+            self.model.backbone.set_gradient_checkpointing(True)
+        self._first_val_loss: float | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _init_from(self, path: str):
+        path = Path(path)
+        if path.is_dir():
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / "model.safetensors"))
+            return self.model.load_own_state(state)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.init_from={str(path)!r} does not exist")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        own = self.model.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+        if mismatched:
+            raise ValueError(
+                f"checkpoint {str(path)!r} does not fit this model (another vocabulary or component?): "
+                f"{len(mismatched)} tensors differ in shape, e.g. {mismatched[:3]}"
+            )
+        self.model.load_state_dict(fitting, strict=False)
+        return {"missing": sorted(set(own) - set(state)), "unexpected": sorted(set(state) - set(own))}
+
+    def _apply_freeze(self, encoder_spec: dict | None) -> None:
+        model, spec = self.model, self.freeze_spec
+        if model.encoder is not None:
+            model.encoder.set_trainable(not spec["encoder"])
+            if not spec["encoder"] and encoder_spec and encoder_spec.get("pretrained"):
+                warnings.warn(
+                    "freeze.encoder is false: the pretrained audio encoder will be fine-tuned. Every Bagpiper "
+                    "stage keeps it frozen; set freeze.encoder: true unless this is intended.",
+                    stacklevel=2,
+                )
+        model.backbone.set_trainable(not spec["backbone"])
+        for p in (model.embed.weight, model.head.weight, model.stream_embed):
+            p.requires_grad_(not spec["embeddings"])
+
+    # ------------------------------------------------------------------ steps
+    def _log_output(self, stage: str, out, batch_size: int) -> None:
+        on_step = stage == "train"
+        values = {"loss": out.loss, "text_loss": out.text_loss, "audio_loss": out.audio_loss,
+                  "text_acc": out.text_accuracy, "audio_acc": out.audio_accuracy}
+        for name, value in values.items():
+            if torch.isfinite(value):
+                self.log(f"{stage}/{name}", value.detach() if name != "loss" else value, on_step=on_step,
+                         on_epoch=not on_step, prog_bar=name == "loss", batch_size=batch_size, sync_dist=not on_step)
+        for k, value in enumerate(out.codebook_losses):
+            if torch.isfinite(value):
+                self.log(f"{stage}/codebook_{k}_loss", value, on_step=on_step, on_epoch=not on_step,
+                         batch_size=batch_size, sync_dist=not on_step)
+
+    def training_step(self, batch, batch_idx: int):
+        out = self.model(batch)
+        self._log_output("train", out, out.num_targets)
+        return out.loss
+
+    def validation_step(self, batch, batch_idx: int):
+        out = self.model(batch)
+        self._log_output("val", out, out.num_targets)
+        return out.loss
+
+    def test_step(self, batch, batch_idx: int):
+        out = self.model(batch)
+        self._log_output("test", out, out.num_targets)
+        return out.loss
+
+    def predict_step(self, batch, batch_idx: int):
+        results = []
+        for item in batch:
+            if item["kind"] == "synthesize":
+                (wav,) = self.model.synthesize(item["caption"], seed=batch_idx)
+                results.append({**item, "wav": wav, "sample_rate": self.model.codec.sample_rate})
+            elif item["kind"] == "caption":
+                from bagpiper_lib.audio import load_audio
+
+                wav, sr = load_audio(item["audio"])
+                (text,) = self.model.caption(wav, sr, seed=batch_idx)
+                results.append({**item, "text": text})
+            else:
+                (gen,) = self.model.respond(item["request"], seed=batch_idx)
+                results.append({**item, "text": gen.caption, "reasoning": gen.reasoning, "wav": gen.wav,
+                                "sample_rate": self.model.codec.sample_rate})
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.trainer.callback_metrics
+        if "val/loss" in metrics and self._first_val_loss is None:
+            self._first_val_loss = float(metrics["val/loss"])
+        self._probe()
+
+    def _probe(self) -> None:
+        """Caption a few held-out clips and score the captions' attributes (synthetic corpus only)."""
+        n = int(self.probe_spec["num_clips"])
+        dm = getattr(self.trainer, "datamodule", None)
+        records = [r for r in getattr(dm, "val_records", [])[:n] if r.audio is not None]
+        if n <= 0 or not records or self.model.encoder is None or self.trainer.sanity_checking:
+            return
+        from bagpiper_lib.data import synthetic
+
+        sr = records[0].sample_rate
+        captions = self.model.caption([r.audio for r in records], sr, seed=0, temperature=0.0,
+                                      max_steps=int(self.probe_spec["max_steps"]))
+        scores = synthetic.attribute_accuracy(captions, records)
+        for name, value in scores.items():
+            self.log(f"val/acc_{name}", float(value), sync_dist=True)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("every parameter is frozen: check the freeze settings of this stage")
+        spec = dict(self.optimizer_spec)
+        decay = float(spec.pop("weight_decay"))
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=float(spec["lr"]), betas=tuple(spec["betas"]), eps=float(spec["eps"]))
+        sched = dict(self.scheduler_spec)
+        total = sched.get("total_steps") or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
+        factor = lr_lambda(sched["name"], int(sched["warmup_steps"]), total, float(sched["min_lr_ratio"]))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
