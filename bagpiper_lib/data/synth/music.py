@@ -1,0 +1,150 @@
+"""Music clips: a melody (eighth notes) or a chord progression (one triad per beat) on one instrument.
+
+Parameters (``sample_params``) are plain JSON data::
+
+    {"category": "music", "key": "A", "mode": "minor", "tempo": 90, "instrument": "piano",
+     "dynamics": "soft", "register": "middle", "texture": "melody", "note_count": 8,
+     "notes": [[57], [59], ...],          # MIDI numbers, one list per note / chord (chord root first)
+     "onsets": [0.05, 0.383, ...],        # seconds
+     "note_duration": 0.333, "tonic_hz": 220.0, "amplitude": 0.25, "duration": 1.5}
+
+The first note (or the root of the first chord) is always the tonic of the key in the stated register.
+``render`` returns float64 ``[N]`` with peak amplitude ``params["amplitude"]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bagpiper_lib.data.synth.attributes import DYNAMICS, INSTRUMENTS, KEYS, MODES, REGISTERS, TEMPOS, TEXTURES
+
+__all__ = ["midi_to_hz", "render", "sample_params"]
+
+SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
+KEY_SEMITONES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9}
+REGISTER_OCTAVES = {"low": 3, "middle": 4, "high": 5}
+DYNAMIC_PEAKS = {"soft": 0.25, "medium": 0.5, "loud": 0.85}
+START = 0.05  # first onset, seconds
+MAX_NOTES = 16
+RELEASE = 0.01  # fade at each note's end, seconds
+
+
+def midi_to_hz(midi: float) -> float:
+    """Equal temperament, A4 = MIDI 69 = 440 Hz."""
+    return 440.0 * 2.0 ** ((midi - 69) / 12)
+
+
+def _scale_midi(tonic: int, mode: str, degree: int) -> int:
+    octave, step = divmod(degree, 7)
+    return tonic + 12 * octave + SCALES[mode][step]
+
+
+def sample_params(rng: np.random.Generator, duration: float) -> dict:
+    """Draw one music clip's parameters for a clip of ``duration`` seconds."""
+    key, mode = str(rng.choice(KEYS)), str(rng.choice(MODES))
+    tempo = int(rng.choice(TEMPOS))
+    instrument, dynamics = str(rng.choice(INSTRUMENTS)), str(rng.choice(DYNAMICS))
+    register, texture = str(rng.choice(REGISTERS)), str(rng.choice(TEXTURES))
+    beat = 60.0 / tempo
+    note_duration = beat / 2 if texture == "melody" else beat
+    count = int(np.clip(np.floor((duration - 2 * START) / note_duration + 1e-9), 1, MAX_NOTES))
+    tonic = 12 * (REGISTER_OCTAVES[register] + 1) + KEY_SEMITONES[key]
+    if texture == "melody":  # random walk over scale degrees 0..7 without repeated notes
+        degrees = [0]
+        for _ in range(count - 1):
+            step = int(rng.choice((-2, -1, 1, 2)))
+            nxt = degrees[-1] + step
+            degrees.append(nxt if 0 <= nxt <= 7 else degrees[-1] - step)
+        notes = [[_scale_midi(tonic, mode, d)] for d in degrees]
+    else:  # I then diatonic chords on degrees I, IV, V, vi (i, iv, v, VI in minor)
+        roots = [0] + [int(rng.choice((0, 3, 4, 5))) for _ in range(count - 1)]
+        notes = [[_scale_midi(tonic, mode, r + k) for k in (0, 2, 4)] for r in roots]
+    return {
+        "category": "music",
+        "key": key,
+        "mode": mode,
+        "tempo": tempo,
+        "instrument": instrument,
+        "dynamics": dynamics,
+        "register": register,
+        "texture": texture,
+        "note_count": count,
+        "notes": notes,
+        "onsets": [round(START + i * note_duration, 4) for i in range(count)],
+        "note_duration": round(note_duration, 4),
+        "tonic_hz": round(midi_to_hz(tonic), 3),
+        "amplitude": DYNAMIC_PEAKS[dynamics],
+        "duration": duration,
+    }
+
+
+def _partials(freq: float, t: np.ndarray, amps, decay: float, rng, sample_rate: int) -> np.ndarray:
+    """Harmonics ``k * freq`` (below 0.45 * rate) with random phases, harmonic ``k`` decaying at rate
+    ``decay * k`` (1/s), built as ``Im(z ** k)`` by repeated multiplication of ``z = exp((i w - decay) t)``.
+    """
+    z = np.exp((2j * np.pi * freq - decay) * t)
+    out, zk = np.zeros_like(t), np.ones_like(z)
+    for k, amp in enumerate(amps, start=1):
+        zk *= z
+        if k * freq >= 0.45 * sample_rate:
+            break
+        out += amp * (zk * np.exp(1j * rng.uniform(0, 2 * np.pi))).imag
+    return out
+
+
+def _karplus_strong(freq: float, n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Plucked string: a delay line holding the string's shape, averaged with itself (Karplus-Strong).
+
+    The loop runs at an internal rate where the period ``L + 0.5`` samples is exact, then is linearly
+    resampled to ``sample_rate``, so the pitch is exact without a fractional-delay filter.
+    """
+    period = max(int(round(sample_rate / freq - 0.5)), 8)
+    inner_rate = freq * (period + 0.5)
+    m = int(np.ceil(n * inner_rate / sample_rate)) + 2
+    blocks = -(-m // period) + 1
+    y = np.zeros(blocks * period)
+    # initial string shape: plucked at 30 % of its length (a triangle), plus a little noise
+    pos = np.arange(period) / period
+    shape = np.where(pos < 0.3, pos / 0.3, (1 - pos) / 0.7) + 0.2 * rng.uniform(-1, 1, period)
+    y[:period] = shape - shape.mean()
+    for b in range(1, blocks):
+        prev = y[(b - 1) * period : b * period]
+        before = y[b * period - period - 1] if b > 1 else 0.0
+        y[b * period : (b + 1) * period] = 0.996 * 0.5 * (prev + np.concatenate(([before], prev[:-1])))
+    t_inner = np.arange(n) * inner_rate / sample_rate
+    return np.interp(t_inner, np.arange(len(y)), y)
+
+
+def _note(instrument: str, freq: float, n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(n) / sample_rate
+    if instrument == "piano":  # decaying harmonics, harmonic k at rate 2.5 + 1.5 k (1/s)
+        amps = [1.0 / k for k in range(1, 9)]
+        wave = _partials(freq, t, amps, 1.5, rng, sample_rate) * np.exp(-2.5 * t) * np.minimum(t / 0.004, 1.0)
+    elif instrument == "organ":  # sustained drawbar harmonics
+        amps = [1.0, 0.5, 0.3, 0.2, 0.0, 0.1]
+        wave = _partials(freq, t, amps, 0.0, rng, sample_rate) * np.minimum(t / 0.01, 1.0)
+    elif instrument == "pluck":
+        wave = _karplus_strong(freq, n, sample_rate, rng)
+    else:  # bell: FM with an inharmonic 1.4 ratio and a decaying modulation index
+        index = 1.0 * np.exp(-3.0 * t)
+        mod = index * np.sin(2 * np.pi * 1.4 * freq * t)
+        wave = np.sin(2 * np.pi * freq * t + mod + rng.uniform(0, 2 * np.pi)) * np.exp(-2.5 * t)
+        wave *= np.minimum(t / 0.002, 1.0)
+    fade = max(int(RELEASE * sample_rate), 1)
+    wave[-fade:] *= np.linspace(1.0, 0.0, min(fade, n))
+    return wave
+
+
+def render(params: dict, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Waveform ``[N]`` (``N = round(duration * sample_rate)``) of a ``sample_params`` dict."""
+    n_total = int(round(params["duration"] * sample_rate))
+    out = np.zeros(n_total)
+    note_n = int(round(params["note_duration"] * sample_rate))
+    for onset, chord in zip(params["onsets"], params["notes"]):
+        start = int(round(onset * sample_rate))
+        n = min(note_n, n_total - start)
+        if n <= 0:
+            break
+        for midi in chord:
+            out[start : start + n] += _note(params["instrument"], midi_to_hz(midi), n, sample_rate, rng)
+    return out * (params["amplitude"] / max(np.abs(out).max(), 1e-9))
