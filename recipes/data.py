@@ -15,6 +15,7 @@ the LightningModule is built), pre-tokenises audio-output clips once, and serves
 from __future__ import annotations
 
 import copy
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,12 @@ from typing import Any
 import lightning as L
 import torch
 
-from bagpiper_lib.data.mixture import PRETRAIN_RATIOS, TaskMixture
+from bagpiper_lib.data.mixture import PRETRAIN_RATIOS, SFTItem, TaskMixture
 from bagpiper_lib.data.records import Record
 from bagpiper_lib.sequence.messages import ConditionDropout
 from bagpiper_lib.sequence.packing import PackedBatch, PackingPlan, collate_packed, truncate_sample
 
-__all__ = ["BagpiperDataModule", "PackedStream", "load_records"]
+__all__ = ["BagpiperDataModule", "PackedStream", "load_records", "load_sft_items"]
 
 DEFAULT_SOURCE = {"name": "synthetic", "train_size": 1000, "val_size": 32, "seed": 0, "duration": [1.0, 1.5]}
 
@@ -61,9 +62,42 @@ def load_records(source: dict[str, Any], split: str) -> tuple[list[Record], list
                 record.audio, record.sample_rate = wav, loader.sample_rate
             kept.append(record)
         texts_path = source.get("texts")
+        if texts_path is not None and not Path(texts_path).is_file():
+            raise FileNotFoundError(f"data.source.texts: {texts_path!r} does not exist")
         texts = Path(texts_path).read_text().splitlines() if texts_path else []
         return kept, [t for t in texts if t.strip()]
     raise ValueError(f"data.source.name must be 'synthetic' or 'manifest', got {name!r}")
+
+
+def load_sft_items(path: str | None) -> list[SFTItem]:
+    """SFT items from a JSONL file (``record_id, kind, request, reasoning, answer`` per line)."""
+    if not path:
+        return []
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data.source.sft: {path!r} does not exist")
+    items = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = [k for k in ("record_id", "kind", "request", "reasoning") if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{number}: SFT item lacks {missing}")
+        items.append(SFTItem(row["record_id"], row["kind"], row["request"], row["reasoning"], row.get("answer", "")))
+    return items
+
+
+class FixedBatches:
+    """A re-iterable, fixed sequence of batches (a plain list would read as several dataloaders)."""
+
+    def __init__(self, batches: list[PackedBatch]):
+        self.batches = list(batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class PackedStream:
@@ -215,13 +249,14 @@ class BagpiperDataModule(L.LightningDataModule):
         if stage in ("fit", "validate", "test", None) and self._val is None:
             val, val_texts = load_records(self.source, "val")
             self.val_records = self._with_codes(val, model.codec)
-            mixture = TaskMixture(model.builder, self.val_records, val_texts, ratios=self.tasks, seed=self.seed + 10_000)
+            mixture = TaskMixture(model.builder, self.val_records, val_texts, ratios=self.tasks,
+                                  sft=load_sft_items(self.source.get("sft")), seed=self.seed + 10_000)
             stream = PackedStream(mixture, model._stream_pads, self.token_budget, self.rows_per_batch, self.val_batches)
-            self._val = list(stream)  # fixed held-out batches, identical every validation
+            self._val = FixedBatches(list(stream))  # held-out batches, identical every validation
         if stage in ("fit", None) and self._train is None:
             train, texts = load_records(self.source, "train")
             mixture = TaskMixture(model.builder, self._with_codes(train, model.codec), texts, ratios=self.tasks,
-                                  seed=self.seed + rank)
+                                  sft=load_sft_items(self.source.get("sft")), seed=self.seed + rank)
             dropout = ConditionDropout(model.vocab, self.cfg_dropout) if self.cfg_dropout > 0 else None
             self._train = PackedStream(mixture, model._stream_pads, self.token_budget, self.rows_per_batch,
                                        self.batches_per_epoch, dropout, seed=self.seed + rank)
@@ -241,7 +276,7 @@ class BagpiperDataModule(L.LightningDataModule):
         items += [{"kind": "respond", "request": r} for r in self.predict_spec.get("requests", [])]
         if not items:
             raise ValueError("predict needs data.predict.captions, data.predict.audio or data.predict.requests")
-        return [[item] for item in items]
+        return FixedBatches([[item] for item in items])
 
     def state_dict(self) -> dict[str, Any]:
         return {}
