@@ -1,0 +1,146 @@
+"""The main job: every shipped config parses; a short CPU fit learns; resume is exact; predict and sweep write files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from recipes import sweep
+from recipes.bagpiper import main
+from recipes.data import BagpiperDataModule
+from recipes.module import BagpiperLitModule, lr_lambda
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "recipes" / "configs"
+STAGES = ["warmup.yaml", "pretrain.yaml", "sft.yaml"]
+OVERLAYS = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*.yaml"))
+
+# A short demo: small corpus, few steps, cheap probes.
+SHORT = [
+    "--data.source.train_size=48",
+    "--data.source.val_size=6",
+    "--data.batches_per_epoch=6",
+    "--data.val_batches=1",
+    "--data.rows_per_batch=2",
+    "--model.probe.num_clips=2",
+    "--model.probe.max_steps=6",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+class ParseOnly(LightningCLI):
+    def instantiate_classes(self) -> None:  # parse and validate, build nothing (paths are not here)
+        pass
+
+
+def parse(*configs: str, extra: tuple[str, ...] = ()):
+    args = [a for c in configs for a in ("--config", str(CONFIGS / c))] + list(extra)
+    cli = ParseOnly(BagpiperLitModule, BagpiperDataModule, parser_kwargs={"parser_mode": "omegaconf"}, args=args, run=False)
+    return cli.config
+
+
+@pytest.mark.parametrize("config", ["demo.yaml", *STAGES])
+def test_every_stage_config_parses(config):
+    cfg = parse(config)
+    assert cfg.model.codec["name"] in ("xcodec", "encodec", "dac")
+    assert cfg.model.freeze["encoder"] is (config != "demo.yaml")
+
+
+def test_stage_settings_follow_the_paper():
+    warm, pre, sft = (parse(c) for c in STAGES)
+    assert warm.model.freeze == {"encoder": True, "backbone": True, "embeddings": False}
+    assert (warm.model.optimizer["lr"], warm.model.scheduler["name"], warm.model.scheduler["warmup_steps"]) == (5e-4, "constant", 200)
+    assert warm.trainer.max_steps == 2000 and warm.trainer.gradient_clip_val == 1.0
+    assert (pre.model.optimizer["lr"], pre.model.scheduler["name"], pre.model.scheduler["warmup_steps"]) == (1e-4, "cosine", 5000)
+    assert pre.model.init_from.startswith("runs/warmup") and sft.model.init_from.startswith("runs/pretrain")
+    assert (sft.model.optimizer["lr"], sft.model.scheduler["name"]) == (1e-5, "constant")
+    assert pre.data.tasks == {"caption_to_audio": 300.0, "audio_to_caption": 150.0, "text_only": 150.0}
+    assert all(c.trainer.precision == "bf16-mixed" for c in (warm, pre, sft))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_parses_on_a_stage(overlay):
+    cfg = parse("pretrain.yaml", overlay)
+    assert cfg.model is not None
+
+
+def test_dotted_override_and_unknown_key():
+    cfg = parse("demo.yaml", extra=("--model.codec.name=dac",))
+    assert cfg.model.codec == {"name": "dac", "preset": "tiny"}
+    with pytest.raises(SystemExit):
+        parse("demo.yaml", extra=("--model.codek.name=dac",))
+
+
+def test_lr_schedule_shapes():
+    warm = lr_lambda("constant", 200, None)
+    assert warm(0) == pytest.approx(1 / 200) and warm(199) == 1.0 and warm(5000) == 1.0
+    cos = lr_lambda("cosine", 10, 110, 0.1)
+    assert cos(9) == 1.0 and cos(60) == pytest.approx(0.55) and cos(110) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="needs scheduler.total_steps"):
+        lr_lambda("cosine", 0, None)
+
+
+def run_fit(tmp: Path, *extra: str):
+    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), *SHORT, f"--trainer.default_root_dir={tmp}", *extra]
+    return main(args)
+
+
+def test_short_demo_fit_lowers_the_loss_and_reports(tmp_path):
+    cli = run_fit(tmp_path, "--trainer.max_steps=12")
+    report = json.loads(next(tmp_path.rglob("report.json")).read_text())
+    assert report["val_loss_last"] < report["val_loss_first"]
+    assert "acc_category" in report and 0.0 <= report["acc_category"]["accuracy"] <= 1.0
+    assert report["acc_category"]["chance"] == pytest.approx(1 / 3)
+    assert cli.trainer.global_step == 12
+
+
+def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path):
+    """N steps + resume + N steps == 2N steps: model, optimizer, scheduler, data position and RNG."""
+    ckpt = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.every_n_train_steps=4", "--trainer.callbacks.save_top_k=-1", "--model.probe.num_clips=0"]
+    straight = run_fit(tmp_path / "a", "--trainer.max_steps=8", *ckpt)
+    first = run_fit(tmp_path / "b", "--trainer.max_steps=4", *ckpt)
+    (path,) = list((tmp_path / "b").rglob("*step=4.ckpt"))
+    resumed = run_fit(tmp_path / "c", "--trainer.max_steps=8", f"--ckpt_path={path}", *ckpt)
+    assert first.trainer.global_step == 4 and resumed.trainer.global_step == 8
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_predict_writes_wav_png_and_text(tmp_path):
+    out = tmp_path / "pred"
+    main([
+        "predict", "--config", str(CONFIGS / "demo.yaml"), *SHORT, f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=recipes.callbacks.PredictionWriter", f"--trainer.callbacks.out_dir={out}",
+        "--data.predict.captions=[a soft piano melody]", "--model.probe.num_clips=0",
+    ])
+    files = sorted(p.suffix for p in out.iterdir())
+    assert files == [".json", ".png", ".wav"]
+    meta = json.loads(next(out.glob("*.json")).read_text())
+    assert meta["caption"] == "a soft piano melody" and meta["sample_rate"] == 16000
+
+
+def test_sweep_runs_a_grid_and_writes_its_table(tmp_path):
+    rows = sweep.main([
+        "--config", str(CONFIGS / "demo.yaml"), "--grid", "model.pattern.name=delay,parallel",
+        "--out", str(tmp_path), "--", *SHORT, "--trainer.max_steps=2", "--model.probe.num_clips=0",
+    ])
+    assert [r["status"] for r in rows] == [0, 0]
+    assert all("val/loss" in r for r in rows)
+    table = (tmp_path / "results.md").read_text()
+    assert "name=delay" in table and "name=parallel" in table
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "results.png").is_file()
+
+
+def test_missing_data_path_and_bad_init_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.source.train"):
+        run_fit(tmp_path, "--trainer.max_steps=1", "--data.source={name: manifest, train: /nowhere/train.jsonl, val: /nowhere/val.jsonl}")
+    with pytest.raises(FileNotFoundError, match="model.init_from"):
+        run_fit(tmp_path, "--trainer.max_steps=1", "--model.init_from=/nowhere/last.ckpt")
