@@ -25,7 +25,9 @@ def save_spectrogram(wav: torch.Tensor, sample_rate: int, path: str | Path, titl
     spec = torch.stft(wav, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft), return_complex=True)
     db = 20 * torch.log10(spec.abs().clamp(min=1e-5))
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.imshow(db.numpy(), origin="lower", aspect="auto", extent=[0, wav.numel() / sample_rate, 0, sample_rate / 2])
+    ax.imshow(
+        db.numpy(), origin="lower", aspect="auto", extent=[0, wav.numel() / sample_rate, 0, sample_rate / 2]
+    )
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (Hz)")
     ax.set_title(title[:80])
@@ -44,7 +46,9 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ):
         from bagpiper_lib.audio import save_audio
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +57,9 @@ class PredictionWriter(BasePredictionWriter):
             meta = {k: v for k, v in item.items() if k not in ("wav",)}
             if "wav" in item and item["wav"].numel() > 0:
                 save_audio(stem.with_suffix(".wav"), item["wav"], item["sample_rate"])
-                save_spectrogram(item["wav"], item["sample_rate"], stem.with_suffix(".png"), item.get("caption", ""))
+                save_spectrogram(
+                    item["wav"], item["sample_rate"], stem.with_suffix(".png"), item.get("caption", "")
+                )
                 meta["wav"] = str(stem.with_suffix(".wav"))
             stem.with_suffix(".json").write_text(json.dumps(meta, indent=2))
 
@@ -76,7 +82,10 @@ class LearningReport(L.Callback):
         from bagpiper_lib.data import synthetic
 
         last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        report: dict[str, Any] = {"val_loss_first": (self.first or {}).get("val/loss"), "val_loss_last": last.get("val/loss")}
+        report: dict[str, Any] = {
+            "val_loss_first": (self.first or {}).get("val/loss"),
+            "val_loss_last": last.get("val/loss"),
+        }
         rows = []
         for key, value in sorted(last.items()):
             if key.startswith("val/acc_"):
@@ -84,7 +93,11 @@ class LearningReport(L.Callback):
                 chance = synthetic.chance_level(name)
                 report[f"acc_{name}"] = {"accuracy": value, "chance": chance}
                 rows.append(f"  {name:<14} {value:6.1%}   (chance {chance:6.1%})")
-        lines = ["", "Learning report", f"  validation loss: first {report['val_loss_first']} -> last {report['val_loss_last']}"]
+        lines = [
+            "",
+            "Learning report",
+            f"  validation loss: first {report['val_loss_first']} -> last {report['val_loss_last']}",
+        ]
         if rows:
             lines += ["  held-out caption accuracy per attribute:", *rows]
         print("\n".join(lines))

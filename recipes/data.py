@@ -42,7 +42,9 @@ def load_records(source: dict[str, Any], split: str) -> tuple[list[Record], list
         size = int(source["train_size" if split == "train" else "val_size"])
         seed = int(source.get("seed", 0))
         kwargs = {"duration": tuple(source["duration"])} if "duration" in source else {}
-        records = synthetic.generate(size, seed=seed, split="train" if split == "train" else "heldout", **kwargs)
+        records = synthetic.generate(
+            size, seed=seed, split="train" if split == "train" else "heldout", **kwargs
+        )
         texts = synthetic.text_corpus(max(size, 8), seed=seed if split == "train" else seed + 1)
         return records, texts
     if name == "manifest":
@@ -52,7 +54,10 @@ def load_records(source: dict[str, Any], split: str) -> tuple[list[Record], list
         if path is None or not Path(path).is_file():
             raise FileNotFoundError(f"data.source.{split}: manifest {path!r} does not exist")
         records = read_manifest(path)
-        loader = AudioLoader(sample_rate=int(source.get("sample_rate", 16000)), max_seconds=float(source.get("max_seconds", 30.0)))
+        loader = AudioLoader(
+            sample_rate=int(source.get("sample_rate", 16000)),
+            max_seconds=float(source.get("max_seconds", 30.0)),
+        )
         kept = []
         for record in records:
             if record.audio is None and record.codes is None:
@@ -83,7 +88,9 @@ def load_sft_items(path: str | None) -> list[SFTItem]:
         missing = [k for k in ("record_id", "kind", "request", "reasoning") if k not in row]
         if missing:
             raise ValueError(f"{path}:{number}: SFT item lacks {missing}")
-        items.append(SFTItem(row["record_id"], row["kind"], row["request"], row["reasoning"], row.get("answer", "")))
+        items.append(
+            SFTItem(row["record_id"], row["kind"], row["request"], row["reasoning"], row.get("answer", ""))
+        )
     return items
 
 
@@ -113,8 +120,16 @@ class PackedStream:
         seed: seed of the dropout RNG.
     """
 
-    def __init__(self, mixture: TaskMixture, pad_ids: torch.Tensor, token_budget: int, rows_per_batch: int,
-                 batches: int, dropout: ConditionDropout | None = None, seed: int = 0):
+    def __init__(
+        self,
+        mixture: TaskMixture,
+        pad_ids: torch.Tensor,
+        token_budget: int,
+        rows_per_batch: int,
+        batches: int,
+        dropout: ConditionDropout | None = None,
+        seed: int = 0,
+    ):
         self.mixture, self.pad_ids, self.budget = mixture, pad_ids, int(token_budget)
         self.rows, self.batches, self.dropout = int(rows_per_batch), int(batches), dropout
         self.rng = random.Random(seed)
@@ -164,8 +179,13 @@ class PackedStream:
             space[best] -= len(sample)
             if all(s < 0.005 * self.budget + 1 for s in space):
                 break
-        plan = PackingPlan(rows=[r for r in rows if r], truncated=[], rejected=[], budget=self.budget,
-                           lengths=[len(s) for s in samples])
+        plan = PackingPlan(
+            rows=[r for r in rows if r],
+            truncated=[],
+            rejected=[],
+            budget=self.budget,
+            lengths=[len(s) for s in samples],
+        )
         return collate_packed(samples, plan, self.pad_ids)
 
     def state_dict(self) -> dict[str, Any]:
@@ -173,8 +193,13 @@ class PackedStream:
             mixture_state, rng_state = self._resume
         else:
             mixture_state, rng_state = self.mixture.state_dict(), self.rng.getstate()
-        return {"mixture": mixture_state, "rng": rng_state, "consumed": self.consumed,
-                "pending": self._pending is not None, "truncated": self.truncated}
+        return {
+            "mixture": mixture_state,
+            "rng": rng_state,
+            "consumed": self.consumed,
+            "pending": self._pending is not None,
+            "truncated": self.truncated,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mixture.load_state_dict(state["mixture"])
@@ -217,7 +242,11 @@ class BagpiperDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.source = {**DEFAULT_SOURCE, **(source or {})} if (source or {}).get("name", "synthetic") == "synthetic" else dict(source)
+        self.source = (
+            {**DEFAULT_SOURCE, **(source or {})}
+            if (source or {}).get("name", "synthetic") == "synthetic"
+            else dict(source)
+        )
         self.tasks = dict(tasks or PRETRAIN_RATIOS)
         self.token_budget, self.rows_per_batch = token_budget, rows_per_batch
         self.batches_per_epoch, self.val_batches = batches_per_epoch, val_batches
@@ -249,17 +278,38 @@ class BagpiperDataModule(L.LightningDataModule):
         if stage in ("fit", "validate", "test", None) and self._val is None:
             val, val_texts = load_records(self.source, "val")
             self.val_records = self._with_codes(val, model.codec)
-            mixture = TaskMixture(model.builder, self.val_records, val_texts, ratios=self.tasks,
-                                  sft=load_sft_items(self.source.get("sft")), seed=self.seed + 10_000)
-            stream = PackedStream(mixture, model._stream_pads, self.token_budget, self.rows_per_batch, self.val_batches)
+            mixture = TaskMixture(
+                model.builder,
+                self.val_records,
+                val_texts,
+                ratios=self.tasks,
+                sft=load_sft_items(self.source.get("sft")),
+                seed=self.seed + 10_000,
+            )
+            stream = PackedStream(
+                mixture, model._stream_pads, self.token_budget, self.rows_per_batch, self.val_batches
+            )
             self._val = FixedBatches(list(stream))  # held-out batches, identical every validation
         if stage in ("fit", None) and self._train is None:
             train, texts = load_records(self.source, "train")
-            mixture = TaskMixture(model.builder, self._with_codes(train, model.codec), texts, ratios=self.tasks,
-                                  sft=load_sft_items(self.source.get("sft")), seed=self.seed + rank)
+            mixture = TaskMixture(
+                model.builder,
+                self._with_codes(train, model.codec),
+                texts,
+                ratios=self.tasks,
+                sft=load_sft_items(self.source.get("sft")),
+                seed=self.seed + rank,
+            )
             dropout = ConditionDropout(model.vocab, self.cfg_dropout) if self.cfg_dropout > 0 else None
-            self._train = PackedStream(mixture, model._stream_pads, self.token_budget, self.rows_per_batch,
-                                       self.batches_per_epoch, dropout, seed=self.seed + rank)
+            self._train = PackedStream(
+                mixture,
+                model._stream_pads,
+                self.token_budget,
+                self.rows_per_batch,
+                self.batches_per_epoch,
+                dropout,
+                seed=self.seed + rank,
+            )
 
     def train_dataloader(self):
         return self._train
@@ -275,7 +325,9 @@ class BagpiperDataModule(L.LightningDataModule):
         items += [{"kind": "caption", "audio": str(p)} for p in self.predict_spec.get("audio", [])]
         items += [{"kind": "respond", "request": r} for r in self.predict_spec.get("requests", [])]
         if not items:
-            raise ValueError("predict needs data.predict.captions, data.predict.audio or data.predict.requests")
+            raise ValueError(
+                "predict needs data.predict.captions, data.predict.audio or data.predict.requests"
+            )
         return FixedBatches([[item] for item in items])
 
     def state_dict(self) -> dict[str, Any]:

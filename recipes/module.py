@@ -124,7 +124,7 @@ class BagpiperLitModule(L.LightningModule):
         if not path.is_file():
             raise FileNotFoundError(f"model.init_from={str(path)!r} does not exist")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         own = self.model.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
@@ -153,16 +153,34 @@ class BagpiperLitModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def _log_output(self, stage: str, out, batch_size: int) -> None:
         on_step = stage == "train"
-        values = {"loss": out.loss, "text_loss": out.text_loss, "audio_loss": out.audio_loss,
-                  "text_acc": out.text_accuracy, "audio_acc": out.audio_accuracy}
+        values = {
+            "loss": out.loss,
+            "text_loss": out.text_loss,
+            "audio_loss": out.audio_loss,
+            "text_acc": out.text_accuracy,
+            "audio_acc": out.audio_accuracy,
+        }
         for name, value in values.items():
             if torch.isfinite(value):
-                self.log(f"{stage}/{name}", value.detach() if name != "loss" else value, on_step=on_step,
-                         on_epoch=not on_step, prog_bar=name == "loss", batch_size=batch_size, sync_dist=not on_step)
+                self.log(
+                    f"{stage}/{name}",
+                    value.detach() if name != "loss" else value,
+                    on_step=on_step,
+                    on_epoch=not on_step,
+                    prog_bar=name == "loss",
+                    batch_size=batch_size,
+                    sync_dist=not on_step,
+                )
         for k, value in enumerate(out.codebook_losses):
             if torch.isfinite(value):
-                self.log(f"{stage}/codebook_{k}_loss", value, on_step=on_step, on_epoch=not on_step,
-                         batch_size=batch_size, sync_dist=not on_step)
+                self.log(
+                    f"{stage}/codebook_{k}_loss",
+                    value,
+                    on_step=on_step,
+                    on_epoch=not on_step,
+                    batch_size=batch_size,
+                    sync_dist=not on_step,
+                )
 
     def training_step(self, batch, batch_idx: int):
         out = self.model(batch)
@@ -193,8 +211,15 @@ class BagpiperLitModule(L.LightningModule):
                 results.append({**item, "text": text})
             else:
                 (gen,) = self.model.respond(item["request"], seed=batch_idx)
-                results.append({**item, "text": gen.caption, "reasoning": gen.reasoning, "wav": gen.wav,
-                                "sample_rate": self.model.codec.sample_rate})
+                results.append(
+                    {
+                        **item,
+                        "text": gen.caption,
+                        "reasoning": gen.reasoning,
+                        "wav": gen.wav,
+                        "sample_rate": self.model.codec.sample_rate,
+                    }
+                )
         return results
 
     def on_validation_epoch_end(self) -> None:
@@ -213,8 +238,13 @@ class BagpiperLitModule(L.LightningModule):
         from bagpiper_lib.data import synthetic
 
         sr = records[0].sample_rate
-        captions = self.model.caption([r.audio for r in records], sr, seed=0, temperature=0.0,
-                                      max_steps=int(self.probe_spec["max_steps"]))
+        captions = self.model.caption(
+            [r.audio for r in records],
+            sr,
+            seed=0,
+            temperature=0.0,
+            max_steps=int(self.probe_spec["max_steps"]),
+        )
         scores = synthetic.attribute_accuracy(captions, records)
         for name, value in scores.items():
             self.log(f"val/acc_{name}", float(value), sync_dist=True)
@@ -230,9 +260,13 @@ class BagpiperLitModule(L.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=float(spec["lr"]), betas=tuple(spec["betas"]), eps=float(spec["eps"]))
+        optimizer = torch.optim.AdamW(
+            groups, lr=float(spec["lr"]), betas=tuple(spec["betas"]), eps=float(spec["eps"])
+        )
         sched = dict(self.scheduler_spec)
-        total = sched.get("total_steps") or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
+        total = sched.get("total_steps") or (
+            self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
+        )
         factor = lr_lambda(sched["name"], int(sched["warmup_steps"]), total, float(sched["min_lr_ratio"]))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

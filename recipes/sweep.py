@@ -60,7 +60,9 @@ def write_table(rows: list[dict], out: Path) -> None:
         writer.writerows(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["run"], str(r["status"])] + [f"{r[k]:.4g}" if isinstance(r.get(k), float) else "" for k in keys]
+        cells = [r["run"], str(r["status"])] + [
+            f"{r[k]:.4g}" if isinstance(r.get(k), float) else "" for k in keys
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     import matplotlib
@@ -86,7 +88,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(prog="python -m recipes.sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", action="append", required=True, help="base config(s), as for recipes.bagpiper")
+    parser.add_argument(
+        "--config", action="append", required=True, help="base config(s), as for recipes.bagpiper"
+    )
     parser.add_argument("--grid", action="append", default=[], help="key=v1,v2 (repeat for more axes)")
     parser.add_argument("--out", default="runs/sweep", help="sweep directory")
     args = parser.parse_args(argv)
@@ -103,7 +107,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for config in args.config:
             cmd += ["--config", config]
         cmd += [f"--{k}={v}" for k, v in point.items()]
-        cmd += [f"--trainer.default_root_dir={run_dir}", "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={run_dir}", *extra]
+        cmd += [
+            f"--trainer.default_root_dir={run_dir}",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={run_dir}",
+            *extra,
+        ]
         print(f"[sweep] {name}: {' '.join(cmd[1:])}", flush=True)
         status = subprocess.run(cmd).returncode
         rows.append({"run": name, "status": status, **collect_metrics(run_dir)})

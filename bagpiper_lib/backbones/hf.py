@@ -333,11 +333,8 @@ class Backbone(torch.nn.Module):
             )
         if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
             raise TypeError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
-        if self.max_position_embeddings is not None and length > self.max_position_embeddings:
-            raise ValueError(
-                f"sequence of T={length} positions exceeds the model's max_position_embeddings="
-                f"{self.max_position_embeddings}"
-            )
+        # Length limits are checked on position values (_check_positions): a packed row may be longer
+        # than max_position_embeddings as long as no sample in it is.
         dtype = self.text_embeddings().dtype
         return inputs_embeds if inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
 

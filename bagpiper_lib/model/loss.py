@@ -120,20 +120,24 @@ def multistream_loss(
 
 def _chunk(h, t, m, logits_fn, num_streams) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross entropy and correctness ``[C, K]`` (zero where not a target)."""
-    ces, corrects = [], []
+    ce = h.new_zeros(t.shape, dtype=torch.float32)
+    correct = h.new_zeros(t.shape, dtype=torch.float32)
     for k in range(num_streams):
-        logits, offset = logits_fn(h, k)
-        local = t[:, k] - offset
+        rows = m[:, k].nonzero().squeeze(1)  # only the positions where stream k has a target
+        if rows.numel() == 0:
+            continue
+        logits, offset = logits_fn(h[rows], k)
+        local = t[rows, k] - offset
         inside = (local >= 0) & (local < logits.shape[-1])
-        if bool((m[:, k] & ~inside).any()):
-            bad = int(t[:, k][m[:, k] & ~inside][0])
+        if not bool(inside.all()):
+            bad = int(t[rows, k][~inside][0])
             raise ValueError(
                 f"target id {bad} of stream {k} lies outside that stream's output ids "
                 f"[{offset}, {offset + logits.shape[-1]})"
             )
-        valid = inside & m[:, k]
-        safe = torch.where(valid, local, torch.zeros_like(local))
-        ce = F.cross_entropy(logits.float(), safe, reduction="none")
-        ces.append(torch.where(valid, ce, torch.zeros_like(ce)))
-        corrects.append(((logits.argmax(-1) == safe) & valid).float())
-    return torch.stack(ces, 1), torch.stack(corrects, 1)
+        ce = ce.index_put(
+            (rows, torch.full_like(rows, k)), F.cross_entropy(logits.float(), local, reduction="none")
+        )
+        hit = (logits.argmax(-1) == local).float()
+        correct = correct.index_put((rows, torch.full_like(rows, k)), hit)
+    return ce, correct

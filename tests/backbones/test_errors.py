@@ -37,9 +37,12 @@ def test_position_ids_shape_mismatch(backbone):
 def test_sequence_longer_than_max_positions(backbone):
     limit = backbone.max_position_embeddings
     with pytest.raises(
-        ValueError, match=f"T={limit + 1} positions exceeds the model's max_position_embeddings"
+        ValueError, match=f"position_ids reach {limit}, beyond the model's max_position_embeddings"
     ):
         backbone(embeds(1, limit + 1), torch.arange(limit + 1)[None])
+    # A packed row may be longer than the limit when no sample in it is.
+    packed = torch.cat([torch.arange(limit), torch.arange(8)])[None]
+    assert backbone(embeds(1, limit + 8), packed).shape == (1, limit + 8, backbone.hidden_size)
     with pytest.raises(ValueError, match="position_ids reach"):
         backbone(embeds(1, 2), torch.tensor([[limit - 1, limit]]))
     with pytest.raises(ValueError, match="position_ids must be >= 0"):

@@ -40,7 +40,13 @@ class ParseOnly(LightningCLI):
 
 def parse(*configs: str, extra: tuple[str, ...] = ()):
     args = [a for c in configs for a in ("--config", str(CONFIGS / c))] + list(extra)
-    cli = ParseOnly(BagpiperLitModule, BagpiperDataModule, parser_kwargs={"parser_mode": "omegaconf"}, args=args, run=False)
+    cli = ParseOnly(
+        BagpiperLitModule,
+        BagpiperDataModule,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        args=args,
+        run=False,
+    )
     return cli.config
 
 
@@ -54,9 +60,17 @@ def test_every_stage_config_parses(config):
 def test_stage_settings_follow_the_paper():
     warm, pre, sft = (parse(c) for c in STAGES)
     assert warm.model.freeze == {"encoder": True, "backbone": True, "embeddings": False}
-    assert (warm.model.optimizer["lr"], warm.model.scheduler["name"], warm.model.scheduler["warmup_steps"]) == (5e-4, "constant", 200)
+    assert (
+        warm.model.optimizer["lr"],
+        warm.model.scheduler["name"],
+        warm.model.scheduler["warmup_steps"],
+    ) == (5e-4, "constant", 200)
     assert warm.trainer.max_steps == 2000 and warm.trainer.gradient_clip_val == 1.0
-    assert (pre.model.optimizer["lr"], pre.model.scheduler["name"], pre.model.scheduler["warmup_steps"]) == (1e-4, "cosine", 5000)
+    assert (pre.model.optimizer["lr"], pre.model.scheduler["name"], pre.model.scheduler["warmup_steps"]) == (
+        1e-4,
+        "cosine",
+        5000,
+    )
     assert pre.model.init_from.startswith("runs/warmup") and sft.model.init_from.startswith("runs/pretrain")
     assert (sft.model.optimizer["lr"], sft.model.scheduler["name"]) == (1e-5, "constant")
     assert pre.data.tasks == {"caption_to_audio": 300.0, "audio_to_caption": 150.0, "text_only": 150.0}
@@ -86,7 +100,14 @@ def test_lr_schedule_shapes():
 
 
 def run_fit(tmp: Path, *extra: str):
-    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), *SHORT, f"--trainer.default_root_dir={tmp}", *extra]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        *SHORT,
+        f"--trainer.default_root_dir={tmp}",
+        *extra,
+    ]
     return main(args)
 
 
@@ -101,8 +122,12 @@ def test_short_demo_fit_lowers_the_loss_and_reports(tmp_path):
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path):
     """N steps + resume + N steps == 2N steps: model, optimizer, scheduler, data position and RNG."""
-    ckpt = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-            "--trainer.callbacks.every_n_train_steps=4", "--trainer.callbacks.save_top_k=-1", "--model.probe.num_clips=0"]
+    ckpt = [
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.every_n_train_steps=4",
+        "--trainer.callbacks.save_top_k=-1",
+        "--model.probe.num_clips=0",
+    ]
     straight = run_fit(tmp_path / "a", "--trainer.max_steps=8", *ckpt)
     first = run_fit(tmp_path / "b", "--trainer.max_steps=4", *ckpt)
     (path,) = list((tmp_path / "b").rglob("*step=4.ckpt"))
@@ -116,11 +141,19 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path):
 
 def test_predict_writes_wav_png_and_text(tmp_path):
     out = tmp_path / "pred"
-    main([
-        "predict", "--config", str(CONFIGS / "demo.yaml"), *SHORT, f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.callbacks+=recipes.callbacks.PredictionWriter", f"--trainer.callbacks.out_dir={out}",
-        "--data.predict.captions=[a soft piano melody]", "--model.probe.num_clips=0",
-    ])
+    main(
+        [
+            "predict",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            *SHORT,
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=recipes.callbacks.PredictionWriter",
+            f"--trainer.callbacks.out_dir={out}",
+            "--data.predict.captions=[a soft piano melody]",
+            "--model.probe.num_clips=0",
+        ]
+    )
     files = sorted(p.suffix for p in out.iterdir())
     assert files == [".json", ".png", ".wav"]
     meta = json.loads(next(out.glob("*.json")).read_text())
@@ -128,10 +161,20 @@ def test_predict_writes_wav_png_and_text(tmp_path):
 
 
 def test_sweep_runs_a_grid_and_writes_its_table(tmp_path):
-    rows = sweep.main([
-        "--config", str(CONFIGS / "demo.yaml"), "--grid", "model.pattern.name=delay,parallel",
-        "--out", str(tmp_path), "--", *SHORT, "--trainer.max_steps=2", "--model.probe.num_clips=0",
-    ])
+    rows = sweep.main(
+        [
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            "--grid",
+            "model.pattern.name=delay,parallel",
+            "--out",
+            str(tmp_path),
+            "--",
+            *SHORT,
+            "--trainer.max_steps=2",
+            "--model.probe.num_clips=0",
+        ]
+    )
     assert [r["status"] for r in rows] == [0, 0]
     assert all("val/loss" in r for r in rows)
     table = (tmp_path / "results.md").read_text()
@@ -141,6 +184,10 @@ def test_sweep_runs_a_grid_and_writes_its_table(tmp_path):
 
 def test_missing_data_path_and_bad_init_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.source.train"):
-        run_fit(tmp_path, "--trainer.max_steps=1", "--data.source={name: manifest, train: /nowhere/train.jsonl, val: /nowhere/val.jsonl}")
+        run_fit(
+            tmp_path,
+            "--trainer.max_steps=1",
+            "--data.source={name: manifest, train: /nowhere/train.jsonl, val: /nowhere/val.jsonl}",
+        )
     with pytest.raises(FileNotFoundError, match="model.init_from"):
         run_fit(tmp_path, "--trainer.max_steps=1", "--model.init_from=/nowhere/last.ckpt")
