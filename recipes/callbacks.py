@@ -71,12 +71,19 @@ class LearningReport(L.Callback):
     def __init__(self) -> None:
         self.first: dict[str, float] | None = None
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Validation loss of the untrained model, on the same held-out batches validation uses."""
+        batches = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+        if not batches:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        if self.first is None and "val/loss" in metrics:
-            self.first = metrics
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            outs = [pl_module.model(b.to(pl_module.device)) for b in batches]
+        pl_module.train(was_training)
+        # Weighted by targets, as Lightning averages val/loss over batches of batch_size = num_targets.
+        total = sum(o.num_targets for o in outs)
+        self.first = {"val/loss": sum(float(o.loss) * o.num_targets for o in outs) / max(total, 1)}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         from bagpiper_lib.data import synthetic

@@ -38,6 +38,16 @@ from bagpiper_lib.evaluation.metrics import (
     normalize_text,
     word_error_rate,
 )
+from bagpiper_lib.evaluation.probes import (
+    GenerationSettings,
+    ProbeError,
+    ProbeResult,
+    ProbeRunner,
+    cycle_probe,
+    generation_probe,
+    run_probes,
+    understanding_probe,
+)
 from bagpiper_lib.evaluation.qa import (
     Answerer,
     KeywordAnswerer,
@@ -47,8 +57,19 @@ from bagpiper_lib.evaluation.qa import (
     parse_choice,
     validate_question,
 )
+from bagpiper_lib.evaluation.report import record_questions, write_report
 
 __all__ = [
+    "GenerationSettings",
+    "ProbeError",
+    "ProbeResult",
+    "ProbeRunner",
+    "cycle_probe",
+    "generation_probe",
+    "record_questions",
+    "run_probes",
+    "understanding_probe",
+    "write_report",
     "Answerer",
     "AudioEmbedder",
     "ClapAudioEmbedder",
