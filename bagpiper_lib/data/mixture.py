@@ -103,7 +103,9 @@ class TaskMixture:
     def _behind(self, produced: dict[Any, int], shares: dict[Any, float]) -> Any:
         total = sum(produced.values())
         weight = sum(shares.values())
-        return max(shares, key=lambda key: (shares[key] / weight * total - produced[key], -list(shares).index(key)))
+        return max(
+            shares, key=lambda key: (shares[key] / weight * total - produced[key], -list(shares).index(key))
+        )
 
     def next_task(self) -> tuple[str, str | None]:
         """The task and category (``None`` for text-only) of the next sample."""
@@ -140,14 +142,16 @@ class TaskMixture:
 
     def _build(self, task: str, category: str | None) -> Sample:
         if task == "text_only":
-            text = self.texts[self.rng.randrange(len(self.texts))]
-            return self.builder.build(templates.text_only(text), id=f"text:{hash(text) & 0xFFFF:x}")
+            index = self.rng.randrange(len(self.texts))
+            return self.builder.build(templates.text_only(self.texts[index]), id=f"text_only:{index}")
         if task in self.sft:
             return self._build_sft(task, category)
         pool = self.by_category[category]
         record = pool[self.rng.randrange(len(pool))]
         if task == "caption_to_audio":
-            messages = templates.caption_to_audio(record.caption, self.codes(record), system=self._system(task))
+            messages = templates.caption_to_audio(
+                record.caption, self.codes(record), system=self._system(task)
+            )
         else:
             if record.audio is None:
                 raise ValueError(f"record {record.id!r} has no audio loaded; audio->caption needs it")
@@ -157,7 +161,11 @@ class TaskMixture:
         return self.builder.build(messages, id=f"{task}:{record.id}")
 
     def _build_sft(self, task: str, category: str) -> Sample:
-        items = [s for s in self.sft[task] if self.by_id.get(s.record_id) and self.by_id[s.record_id].category == category]
+        items = [
+            s
+            for s in self.sft[task]
+            if self.by_id.get(s.record_id) and self.by_id[s.record_id].category == category
+        ]
         items = items or self.sft[task]
         item = items[self.rng.randrange(len(items))]
         record = self.by_id.get(item.record_id)
@@ -165,8 +173,13 @@ class TaskMixture:
             raise ValueError(f"SFT item refers to record {item.record_id!r}, which is not among the records")
         if task == "understanding":
             messages = templates.understanding(
-                record.audio, item.request, record.caption, item.reasoning, item.answer,
-                sample_rate=record.sample_rate, system=self._system(task),
+                record.audio,
+                item.request,
+                record.caption,
+                item.reasoning,
+                item.answer,
+                sample_rate=record.sample_rate,
+                system=self._system(task),
             )
         else:
             messages = templates.generation(

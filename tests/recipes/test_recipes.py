@@ -21,8 +21,8 @@ OVERLAYS = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*.yaml"))
 
 # A short demo: small corpus, few steps, cheap probes.
 SHORT = [
-    "--data.source.train_size=48",
-    "--data.source.val_size=6",
+    "--data.source.train_size=24",
+    "--data.source.val_size=4",
     "--data.batches_per_epoch=6",
     "--data.val_batches=1",
     "--data.rows_per_batch=2",
@@ -112,7 +112,7 @@ def run_fit(tmp: Path, *extra: str):
 
 
 def test_short_demo_fit_lowers_the_loss_and_reports(tmp_path):
-    cli = run_fit(tmp_path, "--trainer.max_steps=12")
+    cli = run_fit(tmp_path, "--trainer.max_steps=12")  # two epochs of 6 batches: validated twice
     report = json.loads(next(tmp_path.rglob("report.json")).read_text())
     assert report["val_loss_last"] < report["val_loss_first"]
     assert "acc_category" in report and 0.0 <= report["acc_category"]["accuracy"] <= 1.0
