@@ -224,7 +224,8 @@ class BagpiperDataModule(L.LightningDataModule):
         batches_per_epoch: training batches per epoch (per rank).
         val_batches: validation batches (fixed).
         cfg_dropout: CFG condition dropout probability.
-        predict: ``{"captions": [...], "audio": [paths], "requests": [...], "out_dir": "predictions"}``.
+        predict: ``{"captions": [...], "audio": [paths], "requests": [...], "text_settings": {...},
+            "audio_settings": {...}}`` (sampling overrides, e.g. ``{max_steps: 500, cfg_scale: 3}``).
         seed: base seed (each rank adds its rank).
     """
 
@@ -321,9 +322,14 @@ class BagpiperDataModule(L.LightningDataModule):
         return self._val
 
     def predict_dataloader(self):
-        items = [{"kind": "synthesize", "caption": c} for c in self.predict_spec.get("captions", [])]
-        items += [{"kind": "caption", "audio": str(p)} for p in self.predict_spec.get("audio", [])]
-        items += [{"kind": "respond", "request": r} for r in self.predict_spec.get("requests", [])]
+        spec = self.predict_spec
+        settings = {
+            "text_settings": dict(spec.get("text_settings") or {}),
+            "audio_settings": dict(spec.get("audio_settings") or {}),
+        }
+        items = [{"kind": "synthesize", "caption": c, **settings} for c in spec.get("captions", [])]
+        items += [{"kind": "caption", "audio": str(p), **settings} for p in spec.get("audio", [])]
+        items += [{"kind": "respond", "request": r, **settings} for r in spec.get("requests", [])]
         if not items:
             raise ValueError(
                 "predict needs data.predict.captions, data.predict.audio or data.predict.requests"

@@ -200,17 +200,20 @@ class BagpiperLitModule(L.LightningModule):
     def predict_step(self, batch, batch_idx: int):
         results = []
         for item in batch:
+            text, audio = item.pop("text_settings", None) or {}, item.pop("audio_settings", None) or {}
             if item["kind"] == "synthesize":
-                (wav,) = self.model.synthesize(item["caption"], seed=batch_idx)
+                (wav,) = self.model.synthesize(item["caption"], seed=batch_idx, **audio)
                 results.append({**item, "wav": wav, "sample_rate": self.model.codec.sample_rate})
             elif item["kind"] == "caption":
                 from bagpiper_lib.audio import load_audio
 
                 wav, sr = load_audio(item["audio"])
-                (text,) = self.model.caption(wav, sr, seed=batch_idx)
-                results.append({**item, "text": text})
+                (caption,) = self.model.caption(wav, sr, seed=batch_idx, **text)
+                results.append({**item, "text": caption})
             else:
-                (gen,) = self.model.respond(item["request"], seed=batch_idx)
+                (gen,) = self.model.respond(
+                    item["request"], seed=batch_idx, text=text or None, audio=audio or None
+                )
                 results.append(
                     {
                         **item,

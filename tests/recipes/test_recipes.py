@@ -111,29 +111,39 @@ def run_fit(tmp: Path, *extra: str):
     return main(args)
 
 
-def test_short_demo_fit_lowers_the_loss_and_reports(tmp_path):
-    cli = run_fit(tmp_path, "--trainer.max_steps=12")  # two epochs of 6 batches: validated twice
-    report = json.loads(next(tmp_path.rglob("report.json")).read_text())
+CKPT = [
+    "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+    "--trainer.callbacks.every_n_train_steps=2",
+    "--trainer.callbacks.save_top_k=-1",
+]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One short demo fit shared by the tests below: 6 steps over epochs of 4 batches, checkpoints every 2."""
+    tmp = tmp_path_factory.mktemp("straight")
+    cli = run_fit(tmp, "--trainer.max_steps=6", "--data.batches_per_epoch=4", *CKPT)
+    return tmp, cli
+
+
+def test_short_demo_fit_lowers_the_loss_and_reports(straight):
+    tmp, cli = straight
+    report = json.loads(next(tmp.rglob("report.json")).read_text())
     assert report["val_loss_last"] < report["val_loss_first"]
     assert "acc_category" in report and 0.0 <= report["acc_category"]["accuracy"] <= 1.0
     assert report["acc_category"]["chance"] == pytest.approx(1 / 3)
-    assert cli.trainer.global_step == 12
+    assert cli.trainer.global_step == 6
 
 
-def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path):
+def test_resume_mid_epoch_equals_an_uninterrupted_run(straight, tmp_path):
     """N steps + resume + N steps == 2N steps: model, optimizer, scheduler, data position and RNG."""
-    ckpt = [
-        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-        "--trainer.callbacks.every_n_train_steps=4",
-        "--trainer.callbacks.save_top_k=-1",
-        "--model.probe.num_clips=0",
-    ]
-    straight = run_fit(tmp_path / "a", "--trainer.max_steps=8", *ckpt)
-    first = run_fit(tmp_path / "b", "--trainer.max_steps=4", *ckpt)
-    (path,) = list((tmp_path / "b").rglob("*step=4.ckpt"))
-    resumed = run_fit(tmp_path / "c", "--trainer.max_steps=8", f"--ckpt_path={path}", *ckpt)
-    assert first.trainer.global_step == 4 and resumed.trainer.global_step == 8
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    tmp, reference = straight
+    (path,) = list(tmp.rglob("*step=2.ckpt"))  # mid-epoch: 2 of 4 batches
+    resumed = run_fit(
+        tmp_path, "--trainer.max_steps=6", "--data.batches_per_epoch=4", f"--ckpt_path={path}", *CKPT
+    )
+    assert resumed.trainer.global_step == 6
+    a, b = reference.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
@@ -151,6 +161,7 @@ def test_predict_writes_wav_png_and_text(tmp_path):
             "--trainer.callbacks+=recipes.callbacks.PredictionWriter",
             f"--trainer.callbacks.out_dir={out}",
             "--data.predict.captions=[a soft piano melody]",
+            "--data.predict.audio_settings={max_steps: 6}",
             "--model.probe.num_clips=0",
         ]
     )
@@ -172,18 +183,21 @@ def test_sweep_runs_a_grid_and_writes_its_table(tmp_path):
             "--",
             *SHORT,
             "--trainer.max_steps=2",
+            "--data.batches_per_epoch=2",
             "--model.probe.num_clips=0",
         ]
     )
     assert [r["status"] for r in rows] == [0, 0]
     assert all("val/loss" in r for r in rows)
     table = (tmp_path / "results.md").read_text()
-    assert "name=delay" in table and "name=parallel" in table
+    assert "pattern=delay" in table and "pattern=parallel" in table
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "results.png").is_file()
 
 
 def test_missing_data_path_and_bad_init_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.source.train"):
+    with pytest.raises(
+        FileNotFoundError, match=r"data.source.(train|val): manifest ./nowhere/\w+.jsonl. does not exist"
+    ):
         run_fit(
             tmp_path,
             "--trainer.max_steps=1",

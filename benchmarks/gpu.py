@@ -1,0 +1,202 @@
+"""GPU: model FLOPs utilisation of a ~0.6B training step (bf16) and audio generation tokens/s.
+
+Runs only where ``torch.cuda.is_available()``; elsewhere both entries are reported as skipped with the
+reason. The model is ``BagpiperModel`` with a Qwen3-0.6B-shaped backbone (random init, bf16), the Qwen
+tokenizer (151,669 text ids, 160k-id multimodal vocabulary), the tiny X-Codec vocabulary layout
+(8 x 1024) and no audio encoder.
+
+* ``gpu.mfu``: achieved model FLOPs/s of a training step (forward, chunked loss, backward, AdamW) on
+  packed rows of demo-like samples, vs the device's peak dense bf16 FLOPs/s (ratio = MFU). Model FLOPs
+  count ``6 x params x tokens`` for the body, ``6 x H x (V + (K - 1) x codec ids)`` per target position
+  for the head as the loss computes it, and causal attention ``6 x layers x heads x head_dim x sum(len^2)``
+  over packed samples; the loss's recomputation is not counted (it is hardware, not model, work).
+* ``gpu.generate``: audio tokens/s of ``generate`` (plan ``["audio"]``, guided, cfg_scale 3) vs real
+  time (codec frame rate x K tokens/s).
+
+``BAGPIPER_BENCH_GPU_DEVICE=cpu`` runs the same code on the CPU with a tiny backbone (a check of the
+code path only; its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from benchmarks.harness import entry, median_time, skipped, synchronize
+
+NAME = "gpu"
+
+# Qwen3-0.6B's architecture (random init here).
+QWEN3_0_6B: dict[str, Any] = {
+    "hidden_size": 1024,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 151936,
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    "tie_word_embeddings": True,
+}
+
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"backbone": QWEN3_0_6B, "budget": 4096, "rows": 4, "frames": 256, "gen_rows": 4, "repeats": 5},
+    "quick": {"backbone": QWEN3_0_6B, "budget": 2048, "rows": 2, "frames": 64, "gen_rows": 2, "repeats": 3},
+    "smoke": {"backbone": None, "budget": 512, "rows": 1, "frames": 4, "gen_rows": 1, "repeats": 1},
+}
+
+# Dense bf16 tensor-core peak FLOPs/s by device name fragment (first match wins; vendor datasheets).
+PEAK_BF16 = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+)
+
+
+def peak_flops(name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BF16 if key in name), None)
+
+
+def _model(cfg: dict[str, Any], device: str):
+    from bagpiper_lib.backbones.presets import TINY_QWEN3
+    from bagpiper_lib.model import BagpiperModel
+
+    torch.manual_seed(0)
+    backbone_cfg = cfg["backbone"] or {**TINY_QWEN3, "max_position_embeddings": 4096}
+    config = {
+        "codec": {"name": "xcodec", "preset": "tiny"},
+        "encoder": None,
+        "adaptor": None,
+        "backbone": {"name": "qwen3", "config": backbone_cfg, "dtype": "bfloat16"},
+        "tokenizer": {"name": "qwen" if cfg["backbone"] else "bytes"},
+        "pattern": {"name": "delay"},
+        "vocabulary": {"num_special": 256 if cfg["backbone"] else 16},
+    }
+    return BagpiperModel.from_config(config).to(device)
+
+
+def model_flops(model, batch) -> float:
+    """Model FLOPs of one training step (see the module docstring)."""
+    c = model.backbone.config
+    tokens = int(batch.attention_mask.sum())
+    body = sum(p.numel() for n, p in model.backbone.body.named_parameters() if "embed_tokens" not in n)
+    targets = int(batch.loss_mask[:, 1:].any(-1).sum())
+    v = model.vocab
+    head = model.backbone.hidden_size * (v.size + (v.num_codebooks - 1) * (v.size - v.codec_offset))
+    segments = batch.cu_seqlens.diff().double()  # samples and padding tails (computed all the same)
+    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    attention = (
+        6 * int(c.num_hidden_layers) * int(c.num_attention_heads) * head_dim * float((segments**2).sum())
+    )
+    return 6.0 * body * tokens + 6.0 * head * targets + attention
+
+
+def run(size: str = "full") -> list[dict[str, Any]]:
+    forced = os.environ.get("BAGPIPER_BENCH_GPU_DEVICE")
+    if not torch.cuda.is_available() and not forced:
+        reason = "no CUDA device (torch.cuda.is_available() is False)"
+        return [
+            skipped("gpu.mfu", reason, unit="FLOPs/s"),
+            skipped("gpu.generate", reason, unit="audio tokens/s"),
+        ]
+    from benchmarks.common import pack_rows
+    from benchmarks.packing import demo_corpus
+
+    cfg = dict(SIZES[size])
+    device = forced or "cuda"
+    if device == "cpu":
+        cfg = {**cfg, **{k: v for k, v in SIZES["smoke"].items() if k != "repeats"}}
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu (code-path check)"
+    model = _model(cfg, device).train()
+    budget, repeats = cfg["budget"], cfg["repeats"]
+
+    # ------------------------------------------------------------------ training step MFU
+    corpus = demo_corpus(model, 4 * cfg["rows"] * budget // 290)  # mean demo length ~290: ~4x the rows
+    batch = pack_rows(corpus, budget, cfg["rows"], model._stream_pads).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        optimizer.step()
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step_s, times = median_time(train_step, repeats, warmup=2)
+    flops = model_flops(model, batch)
+    peak = peak_flops(name) if device == "cuda" else None
+    results = []
+    details = {
+        "device": name,
+        "dtype": "bfloat16",
+        "params": sum(p.numel() for p in model.parameters()),
+        "tokens": int(batch.attention_mask.sum()),
+        "rows": batch.num_rows,
+        "row_length": batch.row_length,
+        "step_s": step_s,
+        "model_flops_per_step": flops,
+        "attn_implementation": model.backbone.attn_implementation,
+        "max_memory_allocated": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+    }
+    if peak is None:
+        results.append(skipped("gpu.mfu", f"peak bf16 FLOPs of {name!r} unknown", unit="FLOPs/s"))
+        results[-1]["value"] = flops / step_s
+        results[-1]["details"] = details
+    else:
+        results.append(
+            entry(
+                "gpu.mfu",
+                flops / step_s,
+                peak,
+                unit="FLOPs/s (bf16)",
+                baseline_name=f"peak dense bf16 of {name}",
+                repeats=repeats,
+                **details,
+            )
+        )
+
+    # ------------------------------------------------------------------ audio generation tokens/s
+    from bagpiper_lib.sequence.messages import Message
+    from benchmarks.common import caption
+
+    model.eval()
+    optimizer.zero_grad(set_to_none=True)  # free the gradients before decoding
+    gen = torch.Generator().manual_seed(0)
+    prompts = [model.prompt([Message("user", "text", caption(gen, 120))]) for _ in range(cfg["gen_rows"])]
+    frames = cfg["frames"]
+    audio = {"max_steps": frames, "min_steps": frames, "cfg_scale": 3.0}
+
+    def generate():
+        return model.generate(prompts, ["audio"], text={"max_steps": 1}, audio=audio, seed=0)
+
+    gen_s, _ = median_time(generate, repeats)
+    k = model.vocab.num_codebooks
+    tokens_per_s = len(prompts) * frames * k / gen_s
+    results.append(
+        entry(
+            "gpu.generate",
+            tokens_per_s,
+            model.codec.frame_rate * k,
+            unit="audio tokens/s",
+            baseline_name="real time (frame rate x K)",
+            repeats=repeats,
+            device=name,
+            rows=len(prompts),
+            frames=frames,
+            cfg_scale=3.0,
+            seconds=gen_s,
+        )
+    )
+    synchronize()
+    return results
