@@ -50,12 +50,16 @@ class Record:
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
-            raise ValueError(f"record {self.id!r}: category must be one of {list(CATEGORIES)}, got {self.category!r}")
+            raise ValueError(
+                f"record {self.id!r}: category must be one of {list(CATEGORIES)}, got {self.category!r}"
+            )
         if not isinstance(self.caption, str) or not self.caption.strip():
             raise ValueError(f"record {self.id!r}: caption is empty")
         if self.audio is not None:
             if self.audio.dim() != 1:
-                raise ValueError(f"record {self.id!r}: audio must be mono [N], got shape {tuple(self.audio.shape)}")
+                raise ValueError(
+                    f"record {self.id!r}: audio must be mono [N], got shape {tuple(self.audio.shape)}"
+                )
             if self.sample_rate is None:
                 raise ValueError(f"record {self.id!r}: audio given without sample_rate")
             if self.duration is None:
