@@ -17,6 +17,7 @@ embedders and the local-LLM answerer, when they are built. Never imports Lightni
 """
 
 from bagpiper_lib.evaluation.answerers import HTTPChatAnswerer, LocalLLMAnswerer, chat_prompt
+from bagpiper_lib.evaluation.dsp import detect_onsets, dsp_checks, estimate_f0, estimate_tempo, expected_f0
 from bagpiper_lib.evaluation.embedders import (
     AudioEmbedder,
     ClapAudioEmbedder,
@@ -60,6 +61,11 @@ from bagpiper_lib.evaluation.qa import (
 from bagpiper_lib.evaluation.report import record_questions, write_report
 
 __all__ = [
+    "detect_onsets",
+    "dsp_checks",
+    "estimate_f0",
+    "estimate_tempo",
+    "expected_f0",
     "GenerationSettings",
     "ProbeError",
     "ProbeResult",
