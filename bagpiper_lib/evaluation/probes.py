@@ -374,6 +374,10 @@ class ProbeRunner:
             "reference_seconds_mean": _mean(ref_s),
             "duration_abs_error_mean": _mean(abs(g - r) for g, r in zip(gen_s, ref_s)),
         }
+        if all(r.params for r in self.records):  # synthetic parameters known: DSP checks of the audio
+            from bagpiper_lib.evaluation.dsp import dsp_checks
+
+            metrics["dsp"] = dsp_checks(wavs, self.records, sample_rate=self.output_rate)
         keys = ("id", "caption", "generated_seconds", "reference_seconds", "audio_cosine")
         items = _rows(keys, self.ids, self.references, gen_s, ref_s, audio["cosines"])
         return ProbeResult("generation", metrics, items, self._pairs(wavs))

@@ -35,6 +35,7 @@ KEYS = {
         "generated_seconds_mean",
         "reference_seconds_mean",
         "duration_abs_error_mean",
+        "dsp",
     },
     "cycle": {
         "num_items",
@@ -130,6 +131,10 @@ def test_oracle_generation_and_cycle(records):
         1.0
     )
     assert generation["empty_clips"] == 0 and generation["duration_abs_error_mean"] == 0.0
+    # The oracle returns the reference audio: the DSP checks pass on every clip they can score.
+    dsp = generation["dsp"]
+    scored = [k for k in ("pitch", "onsets", "tempo") if dsp.get(f"num_{k}")]
+    assert scored and all(dsp[k] >= 0.9 for k in scored)
     cycle = probes.cycle_probe(Oracle(records), records, SETTINGS).metrics
     assert cycle["audio_cycle_cosine"] == pytest.approx(1.0) and cycle["text_cycle_cosine"] == pytest.approx(
         1.0
