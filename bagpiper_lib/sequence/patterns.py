@@ -24,8 +24,8 @@ step, so S = K * T::
     stream 2:    .   .  c0   .   .   .  c1   . ...
     stream 3:    .   .   .  d0   .   .   .  d1 ...
 
-``apply`` scatters and ``revert`` gathers with one index tensor (no Python loop over time), so
-``revert(apply(x)) == x`` exactly. ``code_mask`` tells which steps of each stream hold a code
+``apply`` and ``revert`` copy one strided slice per codebook (no Python loop over time, no index
+tensor: the memory-copy floor, for any per-codebook delays), so ``revert(apply(x)) == x`` exactly. ``code_mask`` tells which steps of each stream hold a code
 (everything else is a forced pad, which inference enforces). ``revert_logits`` gathers per-step
 logits back to frames and fills frames whose step does not exist in the input with NaN, loudly.
 """
@@ -105,8 +105,14 @@ class CodebookPattern:
         if pad.shape != (k,):
             raise ValueError(f"pad_ids must be a scalar or have shape [K={k}], got {tuple(pad.shape)}")
         out = pad[None, :, None].expand(batch, k, self.num_steps(frames)).clone()
-        index = self._index(frames, codes.device)[None].expand(batch, k, frames)
-        return out.scatter_(2, index, codes)
+        for cb in range(k):  # one strided slice copy per codebook: the memory-copy floor, no index tensor
+            out[:, cb, self._steps(cb, frames)] = codes[:, cb]
+        return out
+
+    def _steps(self, k: int, frames: int) -> slice:
+        """Steps of codebook ``k`` for ``frames`` frames, as a slice (``offset + t * stride``)."""
+        start = self.offsets[k]
+        return slice(start, start + max(frames - 1, 0) * self.stride + 1 if frames else start, self.stride)
 
     def revert(self, streams: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """Exact inverse of :meth:`apply`: ``streams [B, K, S] -> codes [B, K, T]``.
@@ -120,8 +126,7 @@ class CodebookPattern:
                 f"{frames} frames need {self.num_steps(frames)} steps, streams have {streams.shape[-1]}; "
                 "use revert_logits for partial sequences"
             )
-        index = self._index(frames, streams.device)[None].expand(streams.shape[0], -1, -1)
-        return streams.gather(2, index)
+        return torch.stack([streams[:, cb, self._steps(cb, frames)] for cb in range(self.num_codebooks)], dim=1)
 
     def revert_logits(self, logits: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """``logits [B, K, S, V]`` per step -> ``[B, K, T, V]`` per frame.
