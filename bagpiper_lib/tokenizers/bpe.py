@@ -145,9 +145,15 @@ class BPETokenizer(TextTokenizer):
 
 def _corpus_texts(corpus: str | Sequence[str]) -> list[str]:
     if isinstance(corpus, str):
+        if corpus == "synthetic":  # captions and texts of the embedded synthetic corpus (the demo's data)
+            from bagpiper_lib.data import synthetic
+
+            return [r.caption for r in synthetic.generate(300, seed=0, duration=0.5)] + synthetic.text_corpus(
+                300
+            )
         if corpus not in CORPORA:
             raise ValueError(
-                f"bpe corpus {corpus!r} is not a built-in corpus {sorted(CORPORA)}; pass a list of str to "
+                f"bpe corpus {corpus!r} is not a built-in corpus {sorted([*CORPORA, 'synthetic'])}; pass a list of str to "
                 "train on your own texts"
             )
         return list(CORPORA[corpus])
