@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from bagpiper_lib.utils import seeded
+
 __all__ = [
     "ATTN_IMPLEMENTATIONS",
     "check_attn_implementation",
@@ -117,8 +119,7 @@ def build_random(
         )
     model_type = _check_model_type(model_type)
     cfg = AutoConfig.for_model(model_type, **config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return AutoModelForCausalLM.from_config(
             cfg, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )

@@ -27,7 +27,6 @@ import importlib
 import json
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from bagpiper_lib.audio import prepare_audio
+from bagpiper_lib.utils import seeded
 
 __all__ = [
     "AudioCodec",
@@ -235,17 +235,6 @@ def conv_context_frames(encoder: nn.Module, hop_length: int) -> int:
             reach += (module.kernel_size[0] - 1) * module.dilation[0] * stride
             stride *= module.stride[0]
     return math.ceil(reach / hop_length)
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's CPU RNG seeded by ``seed``; the caller's RNG state is restored after.
-
-    Random-init presets build inside it, so the same ``seed`` gives the same weights.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def import_optional(module: str, extra: str) -> Any:

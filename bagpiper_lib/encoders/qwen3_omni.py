@@ -39,6 +39,7 @@ from torch import nn
 
 from bagpiper_lib.encoders.base import AudioEncoder
 from bagpiper_lib.encoders.mel import LogMelSpectrogram
+from bagpiper_lib.utils import seeded
 
 __all__ = [
     "Qwen3OmniEncoder",
@@ -195,14 +196,6 @@ def load_exact(module: nn.Module, state: dict[str, torch.Tensor], source: str | 
             f"weights of pretrained={str(source)!r} do not match the {type(module).__name__} built from its "
             f"config: missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
         )
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's CPU RNG seeded by ``seed``, restoring the caller's RNG state after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def parse_dtype(dtype: str | None) -> torch.dtype | None:

@@ -41,14 +41,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bagpiper_lib.encoders.base import AudioEncoder
+from bagpiper_lib.utils import seeded
 
 __all__ = ["SSLEncoder", "HubertEncoder", "WavLMEncoder", "TINY_CONFIG"]
 
@@ -66,14 +65,6 @@ TINY_CONFIG: dict[str, Any] = {
 
 SAMPLE_RATE = 16000
 _NORM_EPS = 1e-7  # the epsilon of Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's CPU RNG seeded by ``seed``; the caller's RNG state is restored after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
 
 
 class SSLEncoder(AudioEncoder):
@@ -118,7 +109,7 @@ class SSLEncoder(AudioEncoder):
             feature_config = _read_feature_config(pretrained, local_files_only)
         else:
             config_cls = getattr(transformers, self.config_class)
-            with _seeded(seed):
+            with seeded(seed):
                 self.model = model_cls(config_cls(**(config or {})))
         cfg = self.model.config
         if getattr(cfg, "add_adapter", False):

@@ -33,9 +33,9 @@ from bagpiper_lib.encoders.qwen3_omni import (
     parse_dtype,
     read_config,
     save_encoder,
-    seeded,
     skip_init,
 )
+from bagpiper_lib.utils import seeded
 
 __all__ = ["WhisperAudioEncoder", "TINY_CONFIG"]
 
