@@ -126,7 +126,9 @@ class CodebookPattern:
                 f"{frames} frames need {self.num_steps(frames)} steps, streams have {streams.shape[-1]}; "
                 "use revert_logits for partial sequences"
             )
-        return torch.stack([streams[:, cb, self._steps(cb, frames)] for cb in range(self.num_codebooks)], dim=1)
+        return torch.stack(
+            [streams[:, cb, self._steps(cb, frames)] for cb in range(self.num_codebooks)], dim=1
+        )
 
     def revert_logits(self, logits: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """``logits [B, K, S, V]`` per step -> ``[B, K, T, V]`` per frame.
