@@ -90,7 +90,9 @@ def test_bpe_vocab_size_too_small(vocab_size):
 
 
 def test_bpe_bad_corpus_and_arguments(tmp_path):
-    with pytest.raises(ValueError, match=r"bpe corpus 'wiki' is not a built-in corpus \['synthetic', 'tiny'\]"):
+    with pytest.raises(
+        ValueError, match=r"bpe corpus 'wiki' is not a built-in corpus \['synthetic', 'tiny'\]"
+    ):
         tokenizers.build({"name": "bpe", "corpus": "wiki"})
     with pytest.raises(ValueError, match="bpe corpus is empty"):
         BPETokenizer.train([], vocab_size=300)
