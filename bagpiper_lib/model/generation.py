@@ -124,8 +124,7 @@ class _Decoder:
         self.max_segments = len(plan) if plan is not None else 3
         device = model.embed.weight.device
         k = self.v.num_codebooks
-        self.pads = model._stream_pads.clone()
-        self.pads[0] = self.v.pad
+        self.pads = self.v.empty_step_ids().to(model._stream_pads.device)
         lengths = [len(p) for p in prompts]
         width = max(lengths)
         b = len(prompts)

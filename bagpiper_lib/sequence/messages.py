@@ -220,8 +220,7 @@ class ConditionDropout:
             raise ValueError(f"p must be a probability in [0, 1], got {p}")
         self.vocab = vocab
         self.p = float(p)
-        self._pads = vocab.codec_pad_ids()
-        self._pads[0] = vocab.pad
+        self._pads = vocab.empty_step_ids()
 
     def __call__(self, sample: Sample, rng: random.Random | None = None) -> Sample:
         rng = rng or random

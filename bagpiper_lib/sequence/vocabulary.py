@@ -120,6 +120,13 @@ class Vocabulary:
         """LongTensor ``[K]``: the pad id of each codec block (stream k's pad)."""
         return self.codec_offset + torch.arange(self.num_codebooks) * self.block_size
 
+    def empty_step_ids(self) -> torch.Tensor:
+        """LongTensor ``[K]``: a step that holds nothing — ``pad`` in stream 0, each codec pad elsewhere
+        (what condition dropout writes and what an unconditional CFG prefix is made of)."""
+        ids = self.codec_pad_ids()
+        ids[0] = self.pad
+        return ids
+
     # ------------------------------------------------------------------ conversions
     def text_to_global(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Local text ids -> global ids (LongTensor)."""
