@@ -24,6 +24,7 @@ import lightning as L
 import torch
 
 from bagpiper_lib.data.mixture import PRETRAIN_RATIOS, SFTItem, TaskMixture
+from bagpiper_lib.data.prepare import encode_records
 from bagpiper_lib.data.records import Record
 from bagpiper_lib.sequence.messages import ConditionDropout
 from bagpiper_lib.sequence.packing import PackedBatch, PackingPlan, collate_packed, truncate_sample
@@ -260,25 +261,12 @@ class BagpiperDataModule(L.LightningDataModule):
             raise RuntimeError("BagpiperDataModule needs the trainer's LightningModule (its model) in setup")
         return self.trainer.lightning_module.model
 
-    def _with_codes(self, records: list[Record], codec) -> list[Record]:
-        """Pre-tokenise every record without codes for this codec, batched by length."""
-        todo = [r for r in records if r.codes is None and r.audio is not None]
-        todo.sort(key=lambda r: r.audio.shape[0])
-        for i in range(0, len(todo), 16):
-            group = todo[i : i + 16]
-            lengths = torch.tensor([r.audio.shape[0] for r in group])
-            wav = torch.nn.utils.rnn.pad_sequence([r.audio for r in group], batch_first=True)
-            codes, frames = codec.encode(wav.to(codec.device), lengths, sample_rate=group[0].sample_rate)
-            for r, c, f in zip(group, codes.cpu(), frames.tolist()):
-                r.codes = c[:, :f]
-        return records
-
     def setup(self, stage: str | None = None) -> None:
         model = self._model()
         rank = self.trainer.global_rank if self.trainer is not None else 0
         if stage in ("fit", "validate", "test", None) and self._val is None:
             val, val_texts = load_records(self.source, "val")
-            self.val_records = self._with_codes(val, model.codec)
+            self.val_records = encode_records(val, model.codec)
             mixture = TaskMixture(
                 model.builder,
                 self.val_records,
@@ -295,7 +283,7 @@ class BagpiperDataModule(L.LightningDataModule):
             train, texts = load_records(self.source, "train")
             mixture = TaskMixture(
                 model.builder,
-                self._with_codes(train, model.codec),
+                encode_records(train, model.codec),
                 texts,
                 ratios=self.tasks,
                 sft=load_sft_items(self.source.get("sft")),

@@ -32,7 +32,7 @@ import torch
 from bagpiper_lib.data.manifest import CODE_FILES, AudioLoader, safe_stem, write_manifest
 from bagpiper_lib.data.records import Record
 
-__all__ = ["codes_path", "load_codes", "prepare_codes", "save_codes"]
+__all__ = ["codes_path", "encode_records", "load_codes", "prepare_codes", "save_codes"]
 
 
 def codes_path(out_dir: str | Path, codec_name: str, record_id: str) -> Path:
@@ -137,10 +137,32 @@ def prepare_codes(
     return out
 
 
-def _batches(items: list, batch_size: int, by_length: bool) -> Iterator[list]:
+def encode_records(
+    records: list[Record], codec: torch.nn.Module, *, batch_size: int = 16, exact: bool = True
+) -> list[Record]:
+    """Set ``codes [K, T]`` in memory on every record that has ``audio`` and no codes yet (nothing is saved).
+
+    Batched by length (and sample rate) like :func:`prepare_codes`; with ``exact`` a codec whose padded
+    batches change the last frames only batches equal lengths, so codes equal encoding each clip alone.
+    Returns ``records`` (updated in place).
+    """
+    by_length = exact and getattr(codec, "context_frames", 0) not in (0, None)
+    todo = [r for r in records if r.codes is None and r.audio is not None]
+    for rate in sorted({r.sample_rate for r in todo}):
+        items = sorted(
+            ((r, r.audio) for r in todo if r.sample_rate == rate), key=lambda item: item[1].shape[0]
+        )
+        for batch in _batches(items, batch_size, by_length, audio=1):
+            for (record, _), codes in zip(batch, _encode(codec, [item[1] for item in batch], rate)):
+                record.codes = codes.long()
+    return records
+
+
+def _batches(items: list, batch_size: int, by_length: bool, audio: int = 3) -> Iterator[list]:
+    """Consecutive batches of ``items`` (their ``item[audio]`` is the waveform), equal lengths only if asked."""
     batch: list = []
     for item in items:
-        if batch and (len(batch) == batch_size or (by_length and item[3].shape != batch[0][3].shape)):
+        if batch and (len(batch) == batch_size or (by_length and item[audio].shape != batch[0][audio].shape)):
             yield batch
             batch = []
         batch.append(item)
@@ -148,12 +170,14 @@ def _batches(items: list, batch_size: int, by_length: bool) -> Iterator[list]:
         yield batch
 
 
-def _encode(codec: torch.nn.Module, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
+def _encode(
+    codec: torch.nn.Module, wavs: list[torch.Tensor], sample_rate: int | None = None
+) -> list[torch.Tensor]:
     lengths = torch.tensor([w.shape[0] for w in wavs])
     batch = torch.zeros(len(wavs), int(lengths.max()))
     for row, wav in enumerate(wavs):
         batch[row, : wav.shape[0]] = wav
-    codes, frames = codec.encode(batch, lengths)
+    codes, frames = codec.encode(batch, lengths, sample_rate=sample_rate)
     return [codes[row, :, : int(frames[row])].cpu() for row in range(len(wavs))]
 
 

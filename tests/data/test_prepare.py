@@ -112,3 +112,25 @@ def test_codes_travel_into_shards(tmp_path, xcodec):
     assert sorted(got) == sorted(r.id for r in prepared)
     for record in prepared:
         assert got[record.id].codec == "xcodec" and torch.equal(got[record.id].codes, record.codes)
+
+
+def test_encode_records_in_memory_equals_encoding_each_clip_alone():
+    """The training data path: codes set on records without saving, exact even for a padding-sensitive codec."""
+    from bagpiper_lib import codecs
+    from bagpiper_lib.data.prepare import encode_records
+    from bagpiper_lib.data.records import Record
+
+    codec = codecs.build({"name": "dac", "preset": "tiny"})
+    assert codec.context_frames > 0
+    g = torch.Generator().manual_seed(0)
+    records = [
+        Record(f"r{i}", "a clip", "sound", audio=0.1 * torch.randn(n, generator=g), sample_rate=16000)
+        for i, n in enumerate([3200, 5120, 3200, 4000])
+    ]
+    records.append(
+        Record("r24k", "a clip", "sound", audio=0.1 * torch.randn(4800, generator=g), sample_rate=24000)
+    )
+    encode_records(records, codec, batch_size=4)
+    for record in records:
+        alone, frames = codec.encode(record.audio, sample_rate=record.sample_rate)
+        assert torch.equal(record.codes, alone[0, :, : int(frames)])
