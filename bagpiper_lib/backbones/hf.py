@@ -87,7 +87,10 @@ class Backbone(torch.nn.Module):
             if model_type is not None and config_type != model_type:
                 raise ValueError(f"model_type={model_type!r} but config has model_type={config_type!r}")
             model_type = config_type
-        kernel = {"attn_implementation": attn_implementation, "trust_remote_code": bool(trust_remote_code)}
+        kernel = {
+            "attn_implementation": _registry_name(attn_implementation),
+            "trust_remote_code": bool(trust_remote_code),
+        }
         if pretrained is not None:
             self.lm = load_pretrained(
                 pretrained,
@@ -124,7 +127,9 @@ class Backbone(torch.nn.Module):
 
     @property
     def attn_implementation(self) -> str:
-        return str(self.lm.config._attn_implementation)
+        """The kernel name as given (``"sdpa"``, ``"eager"``, ...)."""
+        name = str(self.lm.config._attn_implementation)
+        return "sdpa" if name == packing.SEGMENTED_SDPA else name
 
     @property
     def tied_head(self) -> bool:
@@ -168,7 +173,7 @@ class Backbone(torch.nn.Module):
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """Switch the attention kernel of a built backbone (same names as the constructor)."""
         check_attn_implementation(attn_implementation)
-        self.lm.set_attn_implementation(attn_implementation)
+        self.lm.set_attn_implementation(_registry_name(attn_implementation))
 
     # ------------------------------------------------------------------ running
     def allocate_cache(
@@ -257,7 +262,7 @@ class Backbone(torch.nn.Module):
                     "position_ids restart inside a row (packed samples), which cannot be decoded with a "
                     "KV cache; run packed rows without cache, and one sample per row when caching"
                 )
-            if self.attn_implementation in _FLASH:
+            if self.attn_implementation in _FLASH or (mask is None and self._segmented_sdpa):
                 return self._forward_varlen(x, position_ids, mask, attention_kwargs)
             mask = self._packed_mask(x, position_ids, mask)
         if cache is not None:  # transformers < 5.x calls it past_key_values
@@ -279,14 +284,31 @@ class Backbone(torch.nn.Module):
                 "attention_mask (the varlen kernel ignores it); give padding its own restarting positions"
             )
         batch, length, hidden = x.shape
+        offsets = packing.varlen_kwargs(position_ids)
+        if self._segmented_sdpa:
+            # Per-sample SDPA needs no mask: a stride-0 4D placeholder (no memory) makes transformers
+            # skip building its own (B*T)^2 packed mask; the kernel ignores it when offsets are given.
+            total = batch * length
+            attention_kwargs["attention_mask"] = torch.ones((), dtype=torch.bool, device=x.device).expand(
+                1, 1, total, total
+            )
+            attention_kwargs["segment_bounds"] = offsets["cu_seq_lens_q"].tolist()
         out = self.body(
             inputs_embeds=x.reshape(1, batch * length, hidden),
             position_ids=position_ids.reshape(1, batch * length),
             use_cache=False,
-            **packing.varlen_kwargs(position_ids),
+            **offsets,
             **attention_kwargs,
         )
         return out.last_hidden_state.reshape(batch, length, hidden)
+
+    @property
+    def _segmented_sdpa(self) -> bool:
+        """Packed rows run per-sample SDPA: the sdpa kernel on a model whose layers are all full attention."""
+        types = getattr(self.lm.config, "layer_types", None) or ["full_attention"]
+        return self.lm.config._attn_implementation == packing.SEGMENTED_SDPA and set(types) == {
+            "full_attention"
+        }
 
     def _packed_mask(self, x: torch.Tensor, position_ids: torch.Tensor, padding: torch.Tensor | None):
         """Block-diagonal causal mask(s) in the form the attention implementation takes."""
@@ -372,6 +394,12 @@ class Backbone(torch.nn.Module):
             f"model_type={self.model_type!r}, hidden_size={self.hidden_size}, attn={self.attn_implementation!r}, "
             f"trainable={self.trainable}, gradient_checkpointing={self.gradient_checkpointing}"
         )
+
+
+def _registry_name(attn_implementation: str) -> str:
+    """The transformers registry name of a kernel: ``sdpa`` is :data:`packing.SEGMENTED_SDPA` (transformers'
+    sdpa, plus per-sample attention for packed rows); every other name is transformers' own."""
+    return packing.register_segmented_sdpa() if attn_implementation == "sdpa" else attn_implementation
 
 
 def _describe(value: Any) -> str:

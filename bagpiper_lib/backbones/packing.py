@@ -18,7 +18,11 @@ and token ``q`` may attend token ``k`` iff ``segment[q] == segment[k]`` and ``k 
 
 Every attention backend receives the same pattern in its own form:
 
-* ``sdpa``: a boolean mask ``[B, 1, T, T]`` (True = attend), :func:`block_causal_mask`;
+* ``sdpa``: by default no mask at all: the batch is flattened to one row and
+  :func:`segmented_sdpa_forward` runs causal SDPA inside each sample (cost ``sum(L_i^2)`` instead
+  of ``T^2`` per row, which is what makes packing pay off without a varlen kernel). With a 2D padding
+  mask or sliding-window layers it falls back to a boolean mask ``[B, 1, T, T]`` (True = attend),
+  :func:`block_causal_mask`;
 * ``eager``: the same as an additive float mask (0 / dtype min), :func:`additive_mask`;
 * ``flex_attention``: a ``BlockMask`` built from :func:`block_causal_mask_mod`;
 * ``flash_attention_*``: no mask; the batch is flattened to one row and the sample boundaries go in
@@ -39,7 +43,13 @@ __all__ = [
     "block_causal_mask_mod",
     "flex_block_mask",
     "varlen_kwargs",
+    "SEGMENTED_SDPA",
+    "segmented_sdpa_forward",
+    "register_segmented_sdpa",
 ]
+
+SEGMENTED_SDPA = "bagpiper_sdpa"
+"""The transformers attention-registry name the backbone installs for ``attn_implementation="sdpa"``."""
 
 
 def segment_starts(position_ids: torch.Tensor) -> torch.Tensor:
@@ -151,3 +161,72 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
         "max_length_q": longest,
         "max_length_k": longest,
     }
+
+
+def segmented_sdpa_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' ``sdpa`` attention, plus a per-sample path for packed rows.
+
+    Without sample offsets this *is* transformers' ``sdpa_attention_forward`` (same call, same
+    result). With ``cu_seq_lens_q`` (int ``[S + 1]``, :func:`varlen_kwargs`) the batch must be one
+    flattened row ``[1, heads, N, head_dim]``; each sample ``[cu[i], cu[i + 1])`` gets causal SDPA of
+    its own, so no ``N x N`` mask is built and no score outside a sample is computed. The mask
+    argument is ignored on that path (the offsets define the pattern). Returns ``[1, N, heads,
+    head_dim]`` like every transformers attention function.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    offsets = kwargs.get("cu_seq_lens_q")
+    if offsets is None:
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    if query.shape[0] != 1:
+        raise ValueError(f"sample offsets need one flattened row, got query of shape {tuple(query.shape)}")
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: repeat the key/value heads once for all samples
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    bounds = kwargs.get("segment_bounds") or offsets.tolist()
+    out = torch.cat(
+        [
+            torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, start:end],
+                key[:, :, start:end],
+                value[:, :, start:end],
+                dropout_p=dropout,
+                is_causal=True,
+                scale=scaling,
+            )
+            for start, end in zip(bounds[:-1], bounds[1:])
+        ],
+        dim=2,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_segmented_sdpa() -> str:
+    """Register :func:`segmented_sdpa_forward` (and transformers' sdpa mask builder) under
+    :data:`SEGMENTED_SDPA` in transformers' attention registries; idempotent. Returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(SEGMENTED_SDPA, segmented_sdpa_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(SEGMENTED_SDPA, sdpa_mask)
+    return SEGMENTED_SDPA

@@ -152,3 +152,55 @@ def test_flex_attention_packed_on_gpu():
     x = embeds(1, sum(LENGTHS)).cuda()
     pos = positions(*LENGTHS).cuda()
     torch.testing.assert_close(backbone(x, pos), reference(x, pos), atol=1e-4, rtol=0)
+
+
+def test_sdpa_packed_rows_run_per_sample_without_a_dense_mask(monkeypatch):
+    """Default sdpa: packed rows take the per-sample kernel (no T x T mask is built), outputs and input
+    gradients equal each sample run alone."""
+    backbone = tiny("qwen3")
+    assert backbone.attn_implementation == "sdpa"
+    assert backbone.lm.config._attn_implementation == packing.SEGMENTED_SDPA
+
+    def no_dense_mask(*args, **kwargs):
+        raise AssertionError("the dense block-diagonal mask was built")
+
+    monkeypatch.setattr(packing, "block_causal_mask", no_dense_mask)
+    x = embeds(1, sum(LENGTHS)).requires_grad_(True)
+    packed = backbone(x, positions(*LENGTHS))
+    (grad_packed,) = torch.autograd.grad(packed.square().sum(), x)
+    x_alone = x.detach().clone().requires_grad_(True)
+    alone = run_alone(backbone, x_alone)
+    (grad_alone,) = torch.autograd.grad(alone.square().sum(), x_alone)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grad_packed, grad_alone, atol=1e-5, rtol=0)
+    # with a 2D padding mask the sdpa path falls back to the dense mask (which this test forbids)
+    with pytest.raises(AssertionError, match="dense block-diagonal mask"):
+        backbone(x.detach(), positions(*LENGTHS), attention_mask=torch.ones(1, sum(LENGTHS)))
+
+
+def test_segmented_kernel_is_transformers_sdpa_without_offsets():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 6, 8, generator=gen)
+    k, v = torch.randn(2, 2, 6, 8, generator=gen), torch.randn(2, 2, 6, 8, generator=gen)
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    mask[1, :, :, 0] = False
+    mask[1, :, 0, 0] = True
+    ours, _ = packing.segmented_sdpa_forward(module, q, k, v, mask, scaling=0.3)
+    reference, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert torch.equal(ours, reference)
+    # with offsets: each span is causal attention of its own, grouped heads repeated
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32)
+    spans, _ = packing.segmented_sdpa_forward(
+        module, q[:1], k[:1], v[:1], None, scaling=0.3, cu_seq_lens_q=cu
+    )
+    for start, end in ((0, 2), (2, 6)):
+        alone, _ = sdpa_attention_forward(
+            module, q[:1, :, start:end], k[:1, :, start:end], v[:1, :, start:end], None, scaling=0.3
+        )
+        torch.testing.assert_close(spans[:, start:end], alone, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="one flattened row"):
+        packing.segmented_sdpa_forward(module, q, k, v, None, cu_seq_lens_q=cu)
