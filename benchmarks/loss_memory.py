@@ -1,6 +1,7 @@
 """Loss memory: peak memory of the chunked loss vs materialised full-vocabulary logits.
 
-``multistream_loss`` (chunked, each chunk's logits recomputed in backward) against the naive loss that
+``multistream_loss`` (chunked and fused: each chunk's logits become their own gradient in place and
+are multiplied into the hidden/head gradients during forward) against the naive loss that
 builds every logit at once, on the same inputs: ``P`` target positions, hidden size ``H``, a shared head
 over a Qwen3-sized vocabulary (256 special + 151,936 text + 8 x 1025 codec ids = 160,392) and 8 streams
 (stream 0 over the whole vocabulary, streams 1-7 over the codec ids, as ``BagpiperModel`` does). Half
@@ -84,12 +85,15 @@ def logits_fn_for(weight, stream_embed):
 
 
 def chunked_loss(h, weight, stream_embed, tokens, mask, chunk: int):
-    from bagpiper_lib.model.loss import StreamTargets, multistream_loss
+    from bagpiper_lib.model.loss import StreamHead, StreamTargets, multistream_loss
 
+    heads = [StreamHead(weight, 0, VOCAB, 0)] + [
+        StreamHead(weight, CODEC_OFFSET, VOCAB, CODEC_OFFSET, shift=stream_embed, shift_row=k - 1)
+        for k in range(1, CODEBOOKS)
+    ]
     return multistream_loss(
         StreamTargets(h, tokens, mask),
-        logits_fn_for(weight, stream_embed),
-        num_streams=CODEBOOKS,
+        heads,
         codec_offset=CODEC_OFFSET,
         codec_weight=1.0 / CODEBOOKS,
         chunk_size=chunk,

@@ -28,7 +28,7 @@ from torch import nn
 from bagpiper_lib import backbones, codecs, encoders, sequence, tokenizers
 from bagpiper_lib.encoders import adaptors
 from bagpiper_lib.model.generation import GenerationMixin
-from bagpiper_lib.model.loss import LossOutput, StreamTargets, multistream_loss
+from bagpiper_lib.model.loss import LossOutput, StreamHead, StreamTargets, multistream_loss
 from bagpiper_lib.model.pipelines import PipelineMixin
 from bagpiper_lib.registry import normalize_spec
 from bagpiper_lib.sequence.messages import SequenceBuilder
@@ -290,23 +290,30 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
         return embeds
 
     # ------------------------------------------------------------------ heads and loss
-    def stream_logits(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
-        """Logits of stream ``k`` for ``hidden [..., H]`` and the first id they cover.
+    def stream_head(self, k: int) -> StreamHead:
+        """The output projection of stream ``k``.
 
-        Stream 0: the whole vocabulary. Stream k>0: codec ids (all blocks, or block k only with
-        ``own_codebook_only`` or the per-codebook head).
+        Stream 0: the shared head over the whole vocabulary. Stream k>0: the codec ids (all blocks, or
+        block k only with ``own_codebook_only``) of the shared head with stream embedding k added, or
+        codebook k's own head with the per-codebook ablation.
         """
         if k == 0:
-            return self.head(hidden).float(), 0
+            return StreamHead(self.head.weight, 0, self.vocab.size, 0)
         if self.codebook_heads is not None:
-            return self.codebook_heads[k - 1](hidden).float(), self.vocab.block_start(k)
-        h = hidden + self.stream_embed[k - 1].to(hidden.dtype)
+            weight = self.codebook_heads[k - 1].weight
+            return StreamHead(weight, 0, weight.shape[0], self.vocab.block_start(k))
         lo, hi = (
             self.vocab.codebook_range(k)
             if self.own_codebook_only
             else (self.vocab.codec_offset, self.vocab.size)
         )
-        return F.linear(h, self.head.weight[lo:hi]).float(), lo
+        return StreamHead(self.head.weight, lo, hi, lo, shift=self.stream_embed, shift_row=k - 1)
+
+    def stream_logits(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+        """float32 logits of stream ``k`` for ``hidden [..., H]`` and the first id they cover
+        (see :meth:`stream_head`)."""
+        head = self.stream_head(k)
+        return head.logits(hidden), head.offset
 
     def forward(self, batch: Any) -> LossOutput:
         """Loss of a batch (a ``PackedBatch`` or a mapping with ``tokens [B, T, K]``, ``loss_mask [B, T, K]``,
@@ -339,8 +346,7 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
         targets = StreamTargets(hidden[:, :-1][select], tokens[:, 1:][select], mask[select])
         return multistream_loss(
             targets,
-            self.stream_logits,
-            num_streams=self.vocab.num_codebooks,
+            [self.stream_head(k) for k in range(self.vocab.num_codebooks)],
             codec_offset=self.vocab.codec_offset,
             codec_weight=self.codec_loss_weight,
             chunk_size=self.loss_chunk_size,

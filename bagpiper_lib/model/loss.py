@@ -1,4 +1,4 @@
-"""Multi-stream next-token loss, computed in chunks so full-vocabulary logits never exist all at once.
+"""Multi-stream next-token loss, fused with the output projection and computed in chunks.
 
 For target positions ``P`` (gathered out of the batch) and streams ``k``::
 
@@ -6,8 +6,15 @@ For target positions ``P`` (gathered out of the batch) and streams ``k``::
     stream k>0  logits over the codec ids only            [P, K * (N + 1)]   (shared head)
                 or over codebook k's block only            [P, N + 1]        (own_codebook / per-codebook head)
 
-Each chunk of positions computes its logits in float32 inside ``torch.utils.checkpoint``, so backward
-recomputes them instead of keeping ``[P, V]`` activations: peak memory is one chunk's logits.
+Each stream's projection is a :class:`StreamHead` (rows of a weight matrix, optionally a per-stream
+vector added to the hidden state first). The loss never materialises ``[P, V]`` logits and never
+recomputes them: for each chunk of positions it builds the chunk's float32 logits in one buffer, takes
+the cross entropy, turns the same buffer in place into ``d loss / d logits`` (softmax minus one-hot,
+times the token weight) and immediately multiplies it back into the gradients of the hidden states
+and of the head parameters (a fused linear + cross-entropy, computed during forward). Backward then
+only scales the stored gradients by the incoming gradient. Peak memory is one chunk's logits; the
+matmul count is the same as an unfused forward + backward (three per stream), so chunking costs no
+recomputation.
 
 Weights: a codec token counts ``codec_weight`` (default ``1 / K``: one audio frame weighs one text
 token), every other token 1. The total is the weighted sum divided by the number of stream-0 target
@@ -17,14 +24,13 @@ audio loss (all codec targets) and per-codebook losses and accuracies, as means 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-__all__ = ["LossOutput", "StreamTargets", "multistream_loss"]
+__all__ = ["LossOutput", "StreamHead", "StreamTargets", "multistream_loss"]
 
 
 @dataclass
@@ -38,6 +44,38 @@ class StreamTargets:
     hidden: torch.Tensor
     tokens: torch.Tensor
     mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StreamHead:
+    """The output projection of one stream: ``logits = (hidden + shift[shift_row]) @ weight[lo:hi].T``.
+
+    Args:
+        weight: ``[R, H]`` parameter holding this stream's rows (e.g. the shared head, or a per-codebook
+            head of its own).
+        lo, hi: the rows of ``weight`` that are this stream's outputs.
+        offset: the vocabulary id of row ``lo`` (logit ``j`` scores id ``offset + j``).
+        shift: optional ``[S, H]`` parameter; row ``shift_row`` is added to the hidden state first
+            (the stream embedding of a shared head).
+        shift_row: which row of ``shift``.
+    """
+
+    weight: torch.Tensor
+    lo: int
+    hi: int
+    offset: int
+    shift: torch.Tensor | None = None
+    shift_row: int = 0
+
+    def inputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` plus the stream's shift (if any), in ``hidden``'s dtype."""
+        if self.shift is None:
+            return hidden
+        return hidden + self.shift[self.shift_row].to(hidden.dtype)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits ``[..., hi - lo]`` of ids ``[offset, offset + hi - lo)`` (differentiable)."""
+        return F.linear(self.inputs(hidden), self.weight[self.lo : self.hi]).float()
 
 
 @dataclass
@@ -54,55 +92,47 @@ class LossOutput:
 
 def multistream_loss(
     targets: StreamTargets,
-    logits_fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, int]],
+    heads: Sequence[StreamHead],
     *,
-    num_streams: int,
     codec_offset: int,
     codec_weight: float,
     chunk_size: int = 1024,
-    checkpoint_chunks: bool = True,
 ) -> LossOutput:
-    """Chunked loss.
+    """Fused, chunked loss (see the module docstring).
 
     Args:
         targets: hidden states, target ids and masks of the target positions.
-        logits_fn: ``(hidden [C, H], stream k) -> (logits [C, V_k] float32, id_offset)``: the logits of
-            stream k restricted to ids ``[id_offset, id_offset + V_k)``.
-        num_streams: K.
+        heads: one :class:`StreamHead` per stream (``K`` of them).
         codec_offset: first codec id; ids at or above it are codec tokens.
         codec_weight: weight of a codec token.
-        chunk_size: positions per chunk.
-        checkpoint_chunks: recompute chunk logits in backward (memory) instead of storing them.
+        chunk_size: positions per chunk (peak memory is about ``chunk_size x V`` float32).
     """
     hidden, tokens, mask = targets.hidden, targets.tokens, targets.mask
+    num_streams = len(heads)
     if hidden.shape[0] != tokens.shape[0] or tokens.shape != mask.shape or tokens.shape[1] != num_streams:
         raise ValueError(
             f"targets disagree: hidden {tuple(hidden.shape)}, tokens {tuple(tokens.shape)}, mask {tuple(mask.shape)}, "
-            f"num_streams={num_streams}"
+            f"{num_streams} stream heads"
         )
-    device = hidden.device
-    weighted = torch.zeros((), device=device, dtype=torch.float32)
-    # Detached report sums: rows text / audio / codebook 0..K-1; columns loss, correct, count.
-    stats = torch.zeros(2 + num_streams, 3, device=device, dtype=torch.float64)
-    for start in range(0, hidden.shape[0], chunk_size):
-        h = hidden[start : start + chunk_size]
-        t = tokens[start : start + chunk_size]
-        m = mask[start : start + chunk_size].bool()
-        if checkpoint_chunks and torch.is_grad_enabled() and h.requires_grad:
-            ce, correct = checkpoint(_chunk, h, t, m, logits_fn, num_streams, use_reentrant=False)
-        else:
-            ce, correct = _chunk(h, t, m, logits_fn, num_streams)
-        codec = (t >= codec_offset) & m
-        text = m & ~codec
-        text[:, 1:] = False  # text and special targets only exist in stream 0
-        weight = torch.where(codec, codec_weight, 1.0) * m
-        weighted = weighted + (ce * weight).sum()
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    mask = mask.bool()
+    codec = (tokens >= codec_offset) & mask
+    weights = torch.where(codec, codec_weight, 1.0) * mask  # [P, K] float32, 0 where not a target
+    params = _unique([t for head in heads for t in (head.weight, head.shift) if t is not None])
+    if torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in params)):
+        weighted, ce, correct = _FusedLoss.apply(hidden, tokens, mask, weights, heads, chunk_size, *params)
+    else:
         with torch.no_grad():
-            for row, sel in ((0, text), (1, codec)):
-                stats[row] += torch.stack([(ce * sel).sum(), (correct * sel).sum(), sel.sum()]).double()
-            stats[2:, 0] += (ce * codec).sum(0).double()
-            stats[2:, 1] += (correct * codec).sum(0).double()
-            stats[2:, 2] += codec.sum(0).double()
+            weighted, ce, correct, _ = _forward(hidden, tokens, mask, weights, heads, chunk_size, None)
+    text = mask & ~codec
+    text[:, 1:] = False  # text and special targets only exist in stream 0
+    with torch.no_grad():
+        # rows text / audio / codebook 0..K-1; columns loss, correct, count
+        stats = torch.cat(
+            [torch.stack([(ce * sel).sum(), (correct * sel).sum(), sel.sum()])[None] for sel in (text, codec)]
+            + [torch.stack([(ce * codec).sum(0), (correct * codec).sum(0), codec.sum(0)], dim=1)]
+        ).double()
     num_targets = int(mask[:, 0].sum())
     mean = (stats[:, 0] / stats[:, 2]).float()  # NaN where a group has no token: nothing to report
     accuracy = (stats[:, 1] / stats[:, 2]).float()
@@ -118,26 +148,85 @@ def multistream_loss(
     )
 
 
-def _chunk(h, t, m, logits_fn, num_streams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross entropy and correctness ``[C, K]`` (zero where not a target)."""
-    ce = h.new_zeros(t.shape, dtype=torch.float32)
-    correct = h.new_zeros(t.shape, dtype=torch.float32)
-    for k in range(num_streams):
-        rows = m[:, k].nonzero().squeeze(1)  # only the positions where stream k has a target
-        if rows.numel() == 0:
-            continue
-        logits, offset = logits_fn(h[rows], k)
-        local = t[rows, k] - offset
-        inside = (local >= 0) & (local < logits.shape[-1])
-        if not bool(inside.all()):
-            bad = int(t[rows, k][~inside][0])
-            raise ValueError(
-                f"target id {bad} of stream {k} lies outside that stream's output ids "
-                f"[{offset}, {offset + logits.shape[-1]})"
-            )
-        ce = ce.index_put(
-            (rows, torch.full_like(rows, k)), F.cross_entropy(logits.float(), local, reduction="none")
-        )
-        hit = (logits.argmax(-1) == local).float()
-        correct = correct.index_put((rows, torch.full_like(rows, k)), hit)
-    return ce, correct
+def _unique(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    seen: dict[int, torch.Tensor] = {}
+    for t in tensors:
+        seen.setdefault(id(t), t)
+    return list(seen.values())
+
+
+class _FusedLoss(torch.autograd.Function):
+    """Weighted CE sum whose gradients are computed in forward (see :func:`_forward`)."""
+
+    @staticmethod
+    def forward(ctx, hidden, tokens, mask, weights, heads, chunk_size, *params):
+        needs = ctx.needs_input_grad
+        wanted = {id(p): needs[6 + i] for i, p in enumerate(params)}
+        wanted[id(hidden)] = needs[0]
+        weighted, ce, correct, grads = _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted)
+        ctx.mark_non_differentiable(ce, correct)
+        ctx.save_for_backward(grads.get(id(hidden)), *[grads.get(id(p)) for p in params])
+        return weighted, ce, correct
+
+    @staticmethod
+    def backward(ctx, grad_weighted, grad_ce, grad_correct):
+        saved = ctx.saved_tensors
+        scaled = [None if g is None else g * grad_weighted.to(g.dtype) for g in saved]
+        return (scaled[0], None, None, None, None, None, *scaled[1:])
+
+
+def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
+    """Weighted CE sum, per-token CE and correctness ``[P, K]``; with ``wanted`` (``id -> needs grad``)
+    also the gradients of the weighted sum w.r.t. ``hidden`` and the head parameters, keyed by ``id``."""
+    positions, num_streams = tokens.shape
+    ce = torch.zeros(tokens.shape, dtype=torch.float32, device=hidden.device)
+    correct = torch.zeros_like(ce)
+    grads: dict[int, torch.Tensor] = {}
+    if wanted is not None:
+        for head in heads:
+            for t in (head.weight, head.shift):
+                if t is not None and wanted.get(id(t)) and id(t) not in grads:
+                    grads[id(t)] = torch.zeros_like(t)
+        if wanted.get(id(hidden)):
+            grads[id(hidden)] = torch.zeros_like(hidden)
+    for start in range(0, positions, chunk_size):
+        stop = min(start + chunk_size, positions)
+        h = hidden[start:stop].detach()
+        for k, head in enumerate(heads):
+            rows = mask[start:stop, k].nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            x = head.inputs(h[rows])  # [R, H]
+            weight = head.weight.detach()[head.lo : head.hi]
+            local = tokens[start + rows, k] - head.offset
+            inside = (local >= 0) & (local < head.hi - head.lo)
+            if not bool(inside.all()):
+                bad = int(tokens[start + rows, k][~inside][0])
+                raise ValueError(
+                    f"target id {bad} of stream {k} lies outside that stream's output ids "
+                    f"[{head.offset}, {head.offset + head.hi - head.lo})"
+                )
+            buf = F.linear(x.detach(), weight).float()  # [R, V_k]: the only chunk-sized buffer
+            correct[start + rows, k] = (buf.argmax(-1) == local).float()
+            top = buf.amax(-1, keepdim=True)
+            buf.sub_(top)
+            picked = buf.gather(1, local[:, None]).squeeze(1)
+            total = buf.exp_().sum(-1)
+            ce[start + rows, k] = total.log() - picked  # logsumexp - target logit
+            if not grads:
+                continue
+            # d(weighted CE)/d logits = (softmax - onehot) * token weight, in place in the same buffer
+            buf.div_(total[:, None])
+            buf[torch.arange(rows.numel(), device=buf.device), local] -= 1.0
+            buf.mul_(weights[start + rows, k][:, None])
+            g = buf.to(x.dtype)
+            grad_x = g @ weight  # [R, H]
+            if id(hidden) in grads:
+                grads[id(hidden)][start:stop].index_add_(0, rows, grad_x.to(hidden.dtype))
+            if id(head.weight) in grads:
+                grads[id(head.weight)][head.lo : head.hi].addmm_(g.t(), x.detach().to(head.weight.dtype))
+            if head.shift is not None and id(head.shift) in grads:
+                grads[id(head.shift)][head.shift_row] += grad_x.sum(0).to(head.shift.dtype)
+            del buf, g
+    weighted = (ce * weights).sum()
+    return weighted, ce, correct, grads

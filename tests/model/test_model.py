@@ -59,7 +59,7 @@ def naive_loss(model, batch):
 def test_chunked_loss_equals_naive_loss_and_gradients(model):
     batch = pack(samples(model), budget=256, pad_ids=model._stream_pads)
     params = [model.embed.weight, model.head.weight, model.stream_embed]
-    model.loss_chunk_size = 7  # many chunks, checkpointed
+    model.loss_chunk_size = 7  # many chunks, each fused
     try:
         out = model(batch)
     finally:
