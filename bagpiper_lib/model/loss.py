@@ -19,7 +19,9 @@ recomputation.
 Weights: a codec token counts ``codec_weight`` (default ``1 / K``: one audio frame weighs one text
 token), every other token 1. The total is the weighted sum divided by the number of stream-0 target
 positions (the reference normalisation). Reported besides: text loss (stream-0 non-codec targets),
-audio loss (all codec targets) and per-codebook losses and accuracies, as means over their tokens.
+audio loss (all codec targets) and per-codebook losses and accuracies, as means over their tokens. A
+token counts as correct when its target logit is the highest (a tie with another id counts as correct;
+with float logits ties practically never happen, and skipping ``argmax`` saves a slow pass).
 """
 
 from __future__ import annotations
@@ -177,8 +179,15 @@ class _FusedLoss(torch.autograd.Function):
 
 def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
     """Weighted CE sum, per-token CE and correctness ``[P, K]``; with ``wanted`` (``id -> needs grad``)
-    also the gradients of the weighted sum w.r.t. ``hidden`` and the head parameters, keyed by ``id``."""
-    positions, num_streams = tokens.shape
+    also the gradients of the weighted sum w.r.t. ``hidden`` and the head parameters, keyed by ``id``.
+
+    Streams whose heads are the same rows of the same weight (the shared head's codec streams, which
+    differ only by their shift) share one projection: ``(h + e_k) W^T = h W^T + (e_k W^T)``, so the
+    ``[R, V]`` product is computed once per chunk and each stream adds its ``[V]`` bias; in backward
+    terms their logit gradients are summed first, so ``d h`` and ``d W`` take one matmul each for the
+    whole group instead of one per stream.
+    """
+    positions, _ = tokens.shape
     ce = torch.zeros(tokens.shape, dtype=torch.float32, device=hidden.device)
     correct = torch.zeros_like(ce)
     grads: dict[int, torch.Tensor] = {}
@@ -189,44 +198,80 @@ def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
                     grads[id(t)] = torch.zeros_like(t)
         if wanted.get(id(hidden)):
             grads[id(hidden)] = torch.zeros_like(hidden)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for k, head in enumerate(heads):
+        groups.setdefault((id(head.weight), head.lo, head.hi), []).append(k)
     for start in range(0, positions, chunk_size):
         stop = min(start + chunk_size, positions)
-        h = hidden[start:stop].detach()
-        for k, head in enumerate(heads):
-            rows = mask[start:stop, k].nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            x = head.inputs(h[rows])  # [R, H]
-            weight = head.weight.detach()[head.lo : head.hi]
-            local = tokens[start + rows, k] - head.offset
-            inside = (local >= 0) & (local < head.hi - head.lo)
-            if not bool(inside.all()):
-                bad = int(tokens[start + rows, k][~inside][0])
-                raise ValueError(
-                    f"target id {bad} of stream {k} lies outside that stream's output ids "
-                    f"[{head.offset}, {head.offset + head.hi - head.lo})"
-                )
-            buf = F.linear(x.detach(), weight).float()  # [R, V_k]: the only chunk-sized buffer
-            correct[start + rows, k] = (buf.argmax(-1) == local).float()
-            top = buf.amax(-1, keepdim=True)
-            buf.sub_(top)
-            picked = buf.gather(1, local[:, None]).squeeze(1)
-            total = buf.exp_().sum(-1)
-            ce[start + rows, k] = total.log() - picked  # logsumexp - target logit
-            if not grads:
-                continue
-            # d(weighted CE)/d logits = (softmax - onehot) * token weight, in place in the same buffer
-            buf.div_(total[:, None])
-            buf[torch.arange(rows.numel(), device=buf.device), local] -= 1.0
-            buf.mul_(weights[start + rows, k][:, None])
-            g = buf.to(x.dtype)
-            grad_x = g @ weight  # [R, H]
-            if id(hidden) in grads:
-                grads[id(hidden)][start:stop].index_add_(0, rows, grad_x.to(hidden.dtype))
-            if id(head.weight) in grads:
-                grads[id(head.weight)][head.lo : head.hi].addmm_(g.t(), x.detach().to(head.weight.dtype))
-            if head.shift is not None and id(head.shift) in grads:
-                grads[id(head.shift)][head.shift_row] += grad_x.sum(0).to(head.shift.dtype)
-            del buf, g
+        for streams in groups.values():
+            _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, correct, grads)
     weighted = (ce * weights).sum()
     return weighted, ce, correct, grads
+
+
+def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, correct, grads):
+    """One chunk ``[start, stop)`` of the streams sharing one projection (see :func:`_forward`)."""
+    rows = mask[start:stop, streams].any(-1).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    first = heads[streams[0]]
+    weight = first.weight.detach()[first.lo : first.hi]  # [V, H]
+    h = hidden.detach()[start:stop][rows]  # [R, H]
+    single = len(streams) == 1
+    # one stream: its own inputs (shift included) and the product used in place; several: h W^T once
+    base = F.linear(first.inputs(h) if single else h, weight).float()  # [R, V]
+    summed = None  # sum over the group's streams of d loss / d logits (several streams only)
+    grad_w = grads.get(id(first.weight))
+    for k in streams:
+        head = heads[k]
+        on = mask[start + rows, k]
+        local = torch.where(on, tokens[start + rows, k] - head.offset, 0)
+        inside = (local >= 0) & (local < head.hi - head.lo)
+        if not bool(inside.all()):
+            bad = int(tokens[start + rows, k][~inside][0])
+            raise ValueError(
+                f"target id {bad} of stream {k} lies outside that stream's output ids "
+                f"[{head.offset}, {head.offset + head.hi - head.lo})"
+            )
+        if single:
+            buf = base
+        elif head.shift is None:
+            buf = base.clone()
+        else:
+            bias = head.shift.detach()[head.shift_row].to(weight.dtype) @ weight.t()
+            buf = base + bias.float()
+        buf.sub_(buf.amax(-1, keepdim=True))
+        picked = buf.gather(1, local[:, None]).squeeze(1)  # target logit minus the row maximum
+        total = buf.exp_().sum(-1)
+        ce[start + rows, k] = torch.where(on, total.log() - picked, 0.0)  # logsumexp - target logit
+        correct[start + rows, k] = (on & (picked >= 0)).float()  # the target scores highest (ties count)
+        if not grads:
+            continue
+        # d(weighted CE)/d logits = (softmax - onehot) * token weight, in place in the same buffer
+        w = weights[start + rows, k]  # 0 on rows where this stream has no target
+        buf.mul_((w / total)[:, None])
+        buf[torch.arange(rows.numel(), device=buf.device), local] -= w
+        if head.shift is not None and not single and (id(head.shift) in grads or grad_w is not None):
+            col = buf.sum(0).to(weight.dtype)  # [V]: d loss / d bias_k
+            if id(head.shift) in grads:  # bias_k = e_k W^T  ->  d e_k = col W
+                grads[id(head.shift)][head.shift_row] += (col @ weight).to(head.shift.dtype)
+            if grad_w is not None:  # and d W += col^T e_k
+                grad_w[head.lo : head.hi].add_(
+                    torch.outer(col, head.shift.detach()[head.shift_row].to(col.dtype))
+                )
+        if single or summed is None:
+            summed = buf
+        else:
+            summed.add_(buf)
+        del buf
+    if summed is None:
+        return
+    g = summed.to(weight.dtype)
+    x = first.inputs(h) if single else h
+    grad_x = g @ weight  # [R, H]
+    if id(hidden) in grads:
+        grads[id(hidden)][start:stop].index_add_(0, rows, grad_x.to(hidden.dtype))
+    if grad_w is not None:
+        grad_w[first.lo : first.hi].addmm_(g.t(), x.to(grad_w.dtype))
+    if single and first.shift is not None and id(first.shift) in grads:
+        grads[id(first.shift)][first.shift_row] += grad_x.sum(0).to(first.shift.dtype)
