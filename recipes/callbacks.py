@@ -88,6 +88,10 @@ class LearningReport(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         from bagpiper_lib.data import synthetic
 
+        log_dir = Path(trainer.log_dir or ".")  # a collective call under DDP: every rank makes it
+        if not trainer.is_global_zero:
+            return
+
         last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         report: dict[str, Any] = {
             "val_loss_first": (self.first or {}).get("val/loss"),
@@ -108,6 +112,5 @@ class LearningReport(L.Callback):
         if rows:
             lines += ["  held-out caption accuracy per attribute:", *rows]
         print("\n".join(lines))
-        log_dir = Path(trainer.log_dir or ".")
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "report.json").write_text(json.dumps(report, indent=2))

@@ -6,8 +6,9 @@ the LightningModule is built), pre-tokenises audio-output clips once, and serves
 
 * train: :class:`PackedStream` — ``batches_per_epoch`` batches of ``rows_per_batch`` rows of
   ``token_budget`` positions, filled best-fit from a :class:`~bagpiper_lib.data.mixture.TaskMixture`
-  with CFG condition dropout; its ``state_dict`` makes Lightning resume it exactly mid-epoch. Each rank
-  draws its own stream (seed + rank), and every rank yields the same number of batches.
+  with CFG condition dropout; its ``state_dict`` makes Lightning resume it exactly mid-epoch. Every
+  rank draws the same global batches and keeps its own rows of them, so the data of a run does not
+  depend on the number of ranks, and every rank yields the same number of batches.
 * val / test: a fixed list of packed batches from held-out records.
 * predict: requests from ``predict`` (captions to synthesise, audio files to caption).
 """
@@ -119,6 +120,11 @@ class PackedStream:
         batches: batches per epoch (``len``).
         dropout: CFG condition dropout transform (or ``None``).
         seed: seed of the dropout RNG.
+        world, rank: data-parallel size and this process's rank. Every rank draws the same global
+            batch of ``rows_per_batch * world`` rows (same mixture seed everywhere) and keeps rows
+            ``[rank * rows_per_batch, (rank + 1) * rows_per_batch)``, so a run's data does not depend
+            on how many processes share it: 2 ranks x 2 rows see exactly the rows of 1 rank x 4.
+            Every rank yields the same number of batches (no hang on uneven ends).
     """
 
     def __init__(
@@ -130,7 +136,12 @@ class PackedStream:
         batches: int,
         dropout: ConditionDropout | None = None,
         seed: int = 0,
+        world: int = 1,
+        rank: int = 0,
     ):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, world={world}), got {rank}")
+        self.world, self.rank = int(world), int(rank)
         self.mixture, self.pad_ids, self.budget = mixture, pad_ids, int(token_budget)
         self.rows, self.batches, self.dropout = int(rows_per_batch), int(batches), dropout
         self.rng = random.Random(seed)
@@ -161,8 +172,8 @@ class PackedStream:
         return sample, snapshot
 
     def _next_batch(self) -> PackedBatch:
-        rows: list[list[int]] = [[] for _ in range(self.rows)]
-        space = [self.budget] * self.rows
+        rows: list[list[int]] = [[] for _ in range(self.rows * self.world)]
+        space = [self.budget] * len(rows)
         samples = []
         while True:
             if self._pending is not None:
@@ -170,7 +181,7 @@ class PackedStream:
                 self._pending = self._resume = None
             else:
                 sample, snapshot = self._draw()
-            fits = [i for i in range(self.rows) if space[i] >= len(sample)]
+            fits = [i for i in range(len(rows)) if space[i] >= len(sample)]
             if not fits:
                 self._pending, self._resume = sample, snapshot
                 break
@@ -180,14 +191,18 @@ class PackedStream:
             space[best] -= len(sample)
             if all(s < 0.005 * self.budget + 1 for s in space):
                 break
+        # An empty row always has room, so every row holds a sample; keep this rank's rows.
+        mine = rows[self.rank * self.rows : (self.rank + 1) * self.rows]
+        picked = [i for row in mine for i in row]
+        local = {i: j for j, i in enumerate(picked)}
         plan = PackingPlan(
-            rows=[r for r in rows if r],
+            rows=[[local[i] for i in row] for row in mine],
             truncated=[],
             rejected=[],
             budget=self.budget,
-            lengths=[len(s) for s in samples],
+            lengths=[len(samples[i]) for i in picked],
         )
-        return collate_packed(samples, plan, self.pad_ids)
+        return collate_packed([samples[i] for i in picked], plan, self.pad_ids)
 
     def state_dict(self) -> dict[str, Any]:
         if self._pending is not None:
@@ -221,13 +236,15 @@ class BagpiperDataModule(L.LightningDataModule):
             ``{"name": "manifest", "train": path, "val": path, "texts": path, "sample_rate": 16000}``.
         tasks: task -> share by tokens (default pretraining 300 : 150 : 150).
         token_budget: positions per packed row.
-        rows_per_batch: rows per batch.
-        batches_per_epoch: training batches per epoch (per rank).
+        rows_per_batch: rows per batch and rank (the global batch is ``rows_per_batch x ranks``; every
+            rank draws the same global batches and trains on its own rows of them).
+        batches_per_epoch: training batches per epoch (the same on every rank).
         val_batches: validation batches (fixed).
         cfg_dropout: CFG condition dropout probability.
         predict: ``{"captions": [...], "audio": [paths], "requests": [...], "text_settings": {...},
             "audio_settings": {...}}`` (sampling overrides, e.g. ``{max_steps: 500, cfg_scale: 3}``).
-        seed: base seed (each rank adds its rank).
+        seed: base seed of the training stream (the same on every rank; the global batches do not
+            depend on the number of ranks).
     """
 
     def __init__(
@@ -264,6 +281,7 @@ class BagpiperDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         model = self._model()
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
         if stage in ("fit", "validate", "test", None) and self._val is None:
             val, val_texts = load_records(self.source, "val")
             self.val_records = encode_records(val, model.codec)
@@ -287,7 +305,7 @@ class BagpiperDataModule(L.LightningDataModule):
                 texts,
                 ratios=self.tasks,
                 sft=load_sft_items(self.source.get("sft")),
-                seed=self.seed + rank,
+                seed=self.seed,
             )
             dropout = ConditionDropout(model.vocab, self.cfg_dropout) if self.cfg_dropout > 0 else None
             self._train = PackedStream(
@@ -297,7 +315,9 @@ class BagpiperDataModule(L.LightningDataModule):
                 self.rows_per_batch,
                 self.batches_per_epoch,
                 dropout,
-                seed=self.seed + rank,
+                seed=self.seed,
+                world=world,
+                rank=rank,
             )
 
     def train_dataloader(self):

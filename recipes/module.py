@@ -23,7 +23,7 @@ __all__ = ["BagpiperLitModule", "lr_lambda"]
 DEFAULT_OPTIMIZER = {"lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.01, "eps": 1e-8}
 DEFAULT_SCHEDULER = {"name": "cosine", "warmup_steps": 0, "total_steps": None, "min_lr_ratio": 0.0}
 DEFAULT_FREEZE = {"encoder": True, "backbone": False, "embeddings": False}
-DEFAULT_PROBE = {"num_clips": 8, "max_steps": 96}
+DEFAULT_PROBE = {"num_clips": 8, "max_steps": 96, "examples": 4, "audio_examples": 1, "audio_max_steps": 64}
 
 
 def lr_lambda(name: str, warmup_steps: int, total_steps: int | None, min_lr_ratio: float = 0.0):
@@ -59,7 +59,10 @@ class BagpiperLitModule(L.LightningModule):
         scheduler: ``{"name": "constant" | "cosine", "warmup_steps", "total_steps", "min_lr_ratio"}``;
             ``total_steps`` defaults to ``trainer.max_steps``.
         gradient_checkpointing: recompute backbone layers in backward.
-        probe: validation probes on held-out clips: ``{"num_clips", "max_steps"}`` (0 clips: off).
+        probe: validation probes on held-out clips (0 clips: off): ``num_clips`` captioned with at most
+            ``max_steps`` tokens and scored per attribute; the first ``examples`` reference/generated
+            caption pairs and ``audio_examples`` clips synthesised from reference captions (at most
+            ``audio_max_steps`` frames) are written to ``<log_dir>/examples/step_<N>/``.
     """
 
     def __init__(
@@ -184,8 +187,30 @@ class BagpiperLitModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         out = self.model(batch)
+        loss, global_loss = self._global_loss(out)
         self._log_output("train", out, out.num_targets)
-        return out.loss
+        if global_loss is not None:  # the loss of the whole global batch (the same on every rank)
+            self.log("train/global_loss", global_loss, on_step=True, on_epoch=False)
+        return loss
+
+    def _global_loss(self, out):
+        """The loss whose data-parallel mean gradient is that of one process over the global batch.
+
+        ``out.loss`` is normalised by this rank's stream-0 targets; DDP / FSDP / DeepSpeed average the
+        gradients of the ranks, which weighs every rank equally even when their rows hold different
+        numbers of targets. Rescaling by ``n_rank * world / n_global`` (one scalar all-reduce) makes
+        the averaged gradient equal to the single-process gradient of the whole global batch, so a
+        run does not depend on how many processes share it. Returns ``(loss to optimise, loss of the
+        global batch or None)``; one process: ``(out.loss, None)``.
+        """
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return out.loss, None
+        count = float(out.num_targets)
+        sums = torch.stack([out.loss.detach() * count, out.loss.new_tensor(count)])
+        torch.distributed.all_reduce(sums)
+        weighted, targets = sums.tolist()
+        return out.loss * (count * world / max(targets, 1.0)), weighted / max(targets, 1.0)
 
     def validation_step(self, batch, batch_idx: int):
         out = self.model(batch)
@@ -251,6 +276,42 @@ class BagpiperLitModule(L.LightningModule):
         scores = synthetic.attribute_accuracy(captions, records)
         for name, value in scores.items():
             self.log(f"val/acc_{name}", float(value), sync_dist=True)
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective under DDP
+        if self.trainer.is_global_zero:
+            self._write_examples(log_dir / "examples", records, captions)
+
+    def _write_examples(self, root: Path, records, captions: list[str]) -> None:
+        """Generated examples of this validation round under ``root/step_<N>/``.
+
+        ``captions.md``: the first ``probe.examples`` held-out clips, reference caption beside the
+        generated one (also sent to TensorBoard as text when that logger is on); ``audio_<i>.wav`` +
+        ``.png``: audio synthesised from the first ``probe.audio_examples`` reference captions
+        (``probe.audio_max_steps`` frames at most), the generation side of the model.
+        """
+        from bagpiper_lib.audio import save_audio
+        from recipes.callbacks import save_spectrogram
+
+        spec = self.probe_spec
+        out = root / f"step_{self.trainer.global_step:06d}"
+        out.mkdir(parents=True, exist_ok=True)
+        shown = list(zip(records, captions))[: int(spec["examples"])]
+        lines = [f"# Validation examples at step {self.trainer.global_step}", ""]
+        for record, caption in shown:
+            lines += [f"## {record.id}", f"- reference: {record.caption}", f"- generated: {caption}", ""]
+        text = "\n".join(lines)
+        (out / "captions.md").write_text(text)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("val/examples", text, global_step=self.trainer.global_step)
+        audio_n = int(spec["audio_examples"])
+        if audio_n > 0 and self.model.codec is not None:
+            prompts = [r.caption for r in records[:audio_n]]
+            wavs = self.model.synthesize(prompts, seed=0, max_steps=int(spec["audio_max_steps"]))
+            for i, (caption, wav) in enumerate(zip(prompts, wavs)):
+                if wav.numel() == 0:  # the model ended the audio at once: nothing to write
+                    continue
+                save_audio(out / f"audio_{i}.wav", wav, self.model.codec.sample_rate)
+                save_spectrogram(wav, self.model.codec.sample_rate, out / f"audio_{i}.png", caption)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -28,6 +28,7 @@ SHORT = [
     "--data.rows_per_batch=2",
     "--model.probe.num_clips=2",
     "--model.probe.max_steps=6",
+    "--model.probe.audio_max_steps=6",
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
 ]
@@ -133,6 +134,12 @@ def test_short_demo_fit_lowers_the_loss_and_reports(straight):
     assert "acc_category" in report and 0.0 <= report["acc_category"]["accuracy"] <= 1.0
     assert report["acc_category"]["chance"] == pytest.approx(1 / 3)
     assert cli.trainer.global_step == 6
+    # each validation round (after the 4-batch epoch, at step 4) writes generated examples
+    examples = next(tmp.rglob("step_000004"))
+    text = (examples / "captions.md").read_text()
+    assert text.count("- reference: ") == 2 and text.count("- generated: ") == 2
+    assert "step 4" in text
+    assert (examples / "audio_0.wav").is_file() and (examples / "audio_0.png").is_file()
 
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(straight, tmp_path):
