@@ -357,14 +357,26 @@ class Backbone(torch.nn.Module):
             raise TypeError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
         # Length limits are checked on position values (_check_positions): a packed row may be longer
         # than max_position_embeddings as long as no sample in it is.
-        dtype = self.text_embeddings().dtype
+        dtype = self._body_dtype()
         return inputs_embeds if inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
+
+    def _body_dtype(self) -> torch.dtype:
+        """The dtype the body computes in (of its final norm; cheap enough to ask on every decode step)."""
+        norm = getattr(self.body, "norm", None)
+        weight = getattr(norm, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return weight.dtype
+        return self.text_embeddings().dtype
 
     def _check_positions(self, position_ids: torch.Tensor, cache) -> bool:
         """Validate position values (one host sync) and return whether any row is packed."""
         limit = self.max_position_embeddings
-        restarts = packing.segment_starts(position_ids)[:, 1:].any()
-        flags = torch.stack([restarts, position_ids.min() < 0, position_ids.max() >= (limit or 0)])
+        low, high = torch.aminmax(position_ids)
+        if position_ids.shape[1] == 1:  # one position per row (a decode step): nothing can restart
+            restarts = torch.zeros((), dtype=torch.bool, device=position_ids.device)
+        else:
+            restarts = (position_ids[:, 1:] != position_ids[:, :-1] + 1).any()
+        flags = torch.stack([restarts, low < 0, high >= (limit or 0)])
         packed, negative, too_far = flags.tolist()
         if negative:
             raise ValueError(f"position_ids must be >= 0, got min {int(position_ids.min())}")
