@@ -314,6 +314,23 @@ class BagpiperLitModule(L.LightningModule):
                 save_spectrogram(wav, self.model.codec.sample_rate, out / f"audio_{i}.png", caption)
 
     # ------------------------------------------------------------------ optimisation
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm under every strategy.
+
+        Under FSDP a rank holds only shards of each gradient, so ``torch.nn.utils.clip_grad_norm_``
+        would clip by a per-rank norm (Lightning refuses it); the FSDP root's ``clip_grad_norm_``
+        all-reduces the norm over ranks first. Other strategies use Lightning's own clipping.
+        """
+        if not gradient_clip_val:
+            return
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.strategy.model
+        if isinstance(root, FullyShardedDataParallel) and gradient_clip_algorithm in (None, "norm"):
+            root.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:

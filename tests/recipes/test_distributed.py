@@ -151,3 +151,35 @@ def test_lightning_ddp_two_processes_equal_one_process_with_the_global_batch(tmp
     assert single.keys() == ddp.keys()
     for key, value in single.items():
         torch.testing.assert_close(ddp[key], value, atol=1e-5, rtol=0, msg=key)
+
+
+def test_gradient_clipping_goes_through_the_fsdp_root(monkeypatch):
+    """Under FSDP, clipping must use the root's ``clip_grad_norm_`` (norm all-reduced over shards):
+    Lightning's default refuses ``gradient_clip_algorithm='norm'`` there. FSDP needs an accelerator,
+    so the FSDP root is a stand-in class patched in its place; elsewhere clipping is Lightning's."""
+    from types import SimpleNamespace
+
+    import torch.distributed.fsdp as fsdp
+
+    from recipes.module import BagpiperLitModule
+
+    class Root:
+        def __init__(self):
+            self.calls = []
+
+        def clip_grad_norm_(self, value):
+            self.calls.append(value)
+
+    monkeypatch.setattr(fsdp, "FullyShardedDataParallel", Root)
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if k in ("codec", "backbone", "tokenizer")}
+    lit = BagpiperLitModule(**tiny, encoder=None)
+    root = Root()
+    clipped = []
+    monkeypatch.setattr(lit, "clip_gradients", lambda *args: clipped.append(args))
+    lit._trainer = SimpleNamespace(strategy=SimpleNamespace(model=root))
+    lit.configure_gradient_clipping(None, 1.0, "norm")
+    lit.configure_gradient_clipping(None, None, None)  # clipping off: nothing happens
+    assert root.calls == [1.0] and clipped == []
+    lit._trainer = SimpleNamespace(strategy=SimpleNamespace(model=torch.nn.Linear(2, 2)))
+    lit.configure_gradient_clipping("opt", 0.5, "norm")
+    assert clipped == [("opt", 0.5, "norm")] and root.calls == [1.0]
