@@ -23,7 +23,14 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["LLMError", "TextGenerator", "OpenAICompatibleClient", "LocalHFClient", "ScriptedClient"]
+__all__ = [
+    "LLMError",
+    "TextGenerator",
+    "OpenAICompatibleClient",
+    "LocalHFClient",
+    "ScriptedClient",
+    "post_json",
+]
 
 
 class LLMError(RuntimeError):
@@ -37,6 +44,53 @@ class TextGenerator(Protocol):
     def generate(
         self, prompt: str, *, max_new_tokens: int = 512, temperature: float = 0.0, seed: int | None = None
     ) -> str: ...
+
+
+def post_json(
+    url: str,
+    payload: Any,
+    *,
+    api_key: str | None = None,
+    timeout: float,
+    max_retries: int,
+    delay: Callable[[int], float],
+    error: Callable[[str], Exception] = LLMError,
+    http_message: str = "{url}: HTTP {status}: {detail}",
+    transport_message: str = "{url}: {reason}",
+) -> bytes:
+    """POST ``payload`` as JSON to ``url`` (``urllib`` only) and return the raw response body.
+
+    The one HTTP request path of the OpenAI-compatible clients (:class:`OpenAICompatibleClient`,
+    ``bagpiper_lib.evaluation.answerers.HTTPChatAnswerer``). ``api_key``, when given, goes in an
+    ``Authorization: Bearer`` header. A connection error, timeout, HTTP 429 or HTTP 5xx is retried up to
+    ``max_retries`` times, sleeping ``delay(attempt)`` seconds after failed attempt ``attempt``
+    (0-based); any other HTTP error raises at once. Giving up raises ``error(message)`` chained to the
+    transport exception, where the message is ``http_message`` (fields ``url``, ``status``, ``detail``:
+    the first 300 bytes of the error body) or ``transport_message`` (fields ``url``, ``reason``: the
+    exception, ``attempts``: requests sent) formatted.
+    """
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
+    data = json.dumps(payload).encode("utf-8")
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    attempt = 0
+    while True:
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read()[:300].decode("utf-8", "replace")
+            if (err.code != 429 and err.code < 500) or attempt == max_retries:
+                raise error(http_message.format(url=url, status=err.code, detail=detail)) from err
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            if attempt == max_retries:
+                message = transport_message.format(url=url, reason=err, attempts=attempt + 1)
+                raise error(message) from err
+        time.sleep(delay(attempt))
+        attempt += 1
 
 
 class OpenAICompatibleClient:
@@ -89,25 +143,14 @@ class OpenAICompatibleClient:
     def generate(
         self, prompt: str, *, max_new_tokens: int = 512, temperature: float = 0.0, seed: int | None = None
     ) -> str:
-        data = json.dumps(self.payload(prompt, max_new_tokens, temperature, seed)).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-                break
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:300].decode(errors="replace")
-                retryable = err.code == 429 or err.code >= 500
-                if not retryable or attempt == self.max_retries:
-                    raise LLMError(f"{self.url}: HTTP {err.code}: {detail}") from err
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.max_retries:
-                    raise LLMError(f"{self.url}: {err}") from err
-            time.sleep(self.retry_delay * (attempt + 1))
+        raw = post_json(
+            self.url,
+            self.payload(prompt, max_new_tokens, temperature, seed),
+            api_key=self.api_key,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            delay=lambda attempt: self.retry_delay * (attempt + 1),
+        )
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as err:

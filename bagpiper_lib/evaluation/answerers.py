@@ -13,14 +13,12 @@ Both see only the caption, the question and the choices.
 from __future__ import annotations
 
 import json
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from bagpiper_lib.data.llm import post_json
 from bagpiper_lib.evaluation.qa import choice_letters, parse_choice
 
 __all__ = ["HTTPChatAnswerer", "LocalLLMAnswerer", "SYSTEM_PROMPT", "chat_prompt"]
@@ -95,27 +93,17 @@ class HTTPChatAnswerer:
         self.num_requests = self.num_unparseable = self.num_malformed = 0
 
     def _post(self, payload: dict) -> bytes:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = json.dumps(payload).encode("utf-8")
-        attempt = 0
-        while True:
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return response.read()
-            except urllib.error.HTTPError as err:
-                body = err.read()[:300].decode("utf-8", "replace")
-                if (err.code != 429 and err.code < 500) or attempt == self.max_retries:
-                    raise RuntimeError(f"chat endpoint {self.url} answered HTTP {err.code}: {body}") from err
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.max_retries:
-                    raise RuntimeError(
-                        f"chat endpoint {self.url} unreachable after {attempt + 1} attempt(s): {err}"
-                    ) from err
-            time.sleep(self.retry_delay * 2**attempt)
-            attempt += 1
+        return post_json(
+            self.url,
+            payload,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            delay=lambda attempt: self.retry_delay * 2**attempt,
+            error=RuntimeError,
+            http_message="chat endpoint {url} answered HTTP {status}: {detail}",
+            transport_message="chat endpoint {url} unreachable after {attempts} attempt(s): {reason}",
+        )
 
     def reply(self, caption: str, question: str, choices: Sequence[str]) -> str | None:
         """The model's raw reply text, or ``None`` when the body is not a chat completion."""
