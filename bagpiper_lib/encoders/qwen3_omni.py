@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from bagpiper_lib.utils import seeded
 __all__ = [
     "Qwen3OmniEncoder",
     "TINY_CONFIG",
+    "build_module",
     "load_exact",
     "load_tensors",
     "output_lengths",
@@ -188,6 +189,34 @@ def load_tensors(
     return state
 
 
+def build_module(
+    model_cls: Callable[[Any], nn.Module],
+    cfg: Any,
+    pretrained: str | Path | None,
+    prefixes: Sequence[str],
+    anchor: str,
+    what: str,
+    *,
+    local_files_only: bool = True,
+    seed: int = 0,
+) -> nn.Module:
+    """``model_cls(cfg)``, holding the weights of ``pretrained`` or randomly initialised under ``seed``.
+
+    The checkpoint path shared by the encoders: with ``pretrained``, the tensors that
+    :func:`load_tensors` finds under ``prefixes`` (``anchor`` picks the prefix, ``what`` names them in
+    errors) go into a module built without random init, and must match it exactly (:func:`load_exact`);
+    with ``pretrained=None``, the module is built inside :func:`~bagpiper_lib.utils.seeded`.
+    """
+    if pretrained is None:
+        with seeded(seed):
+            return model_cls(cfg)
+    state = load_tensors(pretrained, prefixes, anchor, local_files_only, what)
+    with skip_init():
+        module = model_cls(cfg)
+    load_exact(module, state, pretrained)
+    return module
+
+
 def load_exact(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """``load_state_dict`` that fails naming the missing and unexpected tensors of ``source``."""
     result = module.load_state_dict(state, strict=False)
@@ -285,16 +314,19 @@ class Qwen3OmniEncoder(AudioEncoder):
                     f"model_type 'qwen3_omni_moe_audio_encoder' (save_pretrained)"
                 )
             cfg = Qwen3OmniMoeAudioEncoderConfig.from_dict(audio)
-            _check_config(cfg)
-            state = load_tensors(pretrained, prefixes, "conv2d1.weight", local_files_only, "audio tower")
-            with skip_init():
-                self.model = Qwen3OmniMoeAudioEncoder(cfg)
-            load_exact(self.model, state, pretrained)
         else:
-            cfg = Qwen3OmniMoeAudioEncoderConfig(**(config or {}))
-            _check_config(cfg)
-            with seeded(seed):
-                self.model = Qwen3OmniMoeAudioEncoder(cfg)
+            cfg, prefixes = Qwen3OmniMoeAudioEncoderConfig(**(config or {})), ()
+        _check_config(cfg)
+        self.model = build_module(
+            Qwen3OmniMoeAudioEncoder,
+            cfg,
+            pretrained,
+            prefixes,
+            "conv2d1.weight",
+            "audio tower",
+            local_files_only=local_files_only,
+            seed=seed,
+        )
         if n_mels is not None and n_mels != cfg.num_mel_bins:
             raise ValueError(
                 f"n_mels={n_mels} does not match the Qwen3-Omni audio tower, which expects "

@@ -27,15 +27,7 @@ import torch
 
 from bagpiper_lib.encoders.base import AudioEncoder
 from bagpiper_lib.encoders.mel import LogMelSpectrogram
-from bagpiper_lib.encoders.qwen3_omni import (
-    load_exact,
-    load_tensors,
-    parse_dtype,
-    read_config,
-    save_encoder,
-    skip_init,
-)
-from bagpiper_lib.utils import seeded
+from bagpiper_lib.encoders.qwen3_omni import build_module, parse_dtype, read_config, save_encoder
 
 __all__ = ["WhisperAudioEncoder", "TINY_CONFIG"]
 
@@ -99,14 +91,18 @@ class WhisperAudioEncoder(AudioEncoder):
                     f"expected model_type 'whisper', got {raw.get('model_type')!r}"
                 )
             cfg = WhisperConfig.from_dict(raw)
-            state = load_tensors(pretrained, PREFIXES, "conv1.weight", local_files_only, "Whisper encoder")
-            with skip_init():
-                self.model = WhisperEncoder(cfg)
-            load_exact(self.model, state, pretrained)
         else:
             cfg = WhisperConfig(**(config or {}))
-            with seeded(seed):
-                self.model = WhisperEncoder(cfg)
+        self.model = build_module(
+            WhisperEncoder,
+            cfg,
+            pretrained,
+            PREFIXES,
+            "conv1.weight",
+            "Whisper encoder",
+            local_files_only=local_files_only,
+            seed=seed,
+        )
         if n_mels is not None and n_mels != cfg.num_mel_bins:
             raise ValueError(
                 f"n_mels={n_mels} does not match the Whisper encoder, which expects "
