@@ -29,6 +29,7 @@ from bagpiper_lib.data.prepare import encode_records
 from bagpiper_lib.data.records import Record
 from bagpiper_lib.sequence.messages import ConditionDropout
 from bagpiper_lib.sequence.packing import PackedBatch, PackingPlan, collate_packed, truncate_sample
+from recipes.module import scalars
 
 __all__ = ["BagpiperDataModule", "PackedStream", "load_records", "load_sft_items"]
 
@@ -261,6 +262,7 @@ class BagpiperDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        source, tasks, predict = scalars([source, tasks, predict])
         self.source = (
             {**DEFAULT_SOURCE, **(source or {})}
             if (source or {}).get("name", "synthetic") == "synthetic"

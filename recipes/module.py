@@ -8,6 +8,7 @@ and an ablation is a one-line override (``--model.codec.name=dac``).
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,32 @@ DEFAULT_OPTIMIZER = {"lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.01, "ep
 DEFAULT_SCHEDULER = {"name": "cosine", "warmup_steps": 0, "total_steps": None, "min_lr_ratio": 0.0}
 DEFAULT_FREEZE = {"encoder": True, "backbone": False, "embeddings": False}
 DEFAULT_PROBE = {"num_clips": 8, "max_steps": 96, "examples": 4, "audio_examples": 1, "audio_max_steps": 64}
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|inf|nan)")
+
+
+def scalars(value: Any) -> Any:
+    """Dotted overrides into a free-form dict arrive as strings (``--model.encoder.config.d_model=128``
+    gives ``"128"``, the parser cannot know the type): turn number, ``true`` / ``false`` and ``null``
+    strings inside dicts and lists back into values, recursively. Other strings stay strings."""
+    if isinstance(value, dict):
+        return {k: scalars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scalars(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~"):
+        return None
+    if re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    if _NUMBER.fullmatch(lowered):
+        return float(text)
+    return value
 
 
 def lr_lambda(name: str, warmup_steps: int, total_steps: int | None, min_lr_ratio: float = 0.0):
@@ -87,6 +114,10 @@ class BagpiperLitModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        codec, encoder, adaptor, backbone, tokenizer, pattern, vocabulary = scalars(
+            [codec, encoder, adaptor, backbone, tokenizer, pattern, vocabulary]
+        )
+        freeze, optimizer, scheduler, probe = scalars([freeze, optimizer, scheduler, probe])
         config = {
             "codec": codec or DEFAULT_CONFIG["codec"],
             "encoder": encoder,

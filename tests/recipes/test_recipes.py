@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from recipes import sweep
 from recipes.bagpiper import main
 from recipes.data import BagpiperDataModule
-from recipes.module import BagpiperLitModule, lr_lambda
+from recipes.module import BagpiperLitModule, lr_lambda, scalars
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "recipes" / "configs"
@@ -89,6 +90,32 @@ def test_dotted_override_and_unknown_key():
     assert cfg.model.codec == {"name": "dac", "preset": "tiny"}
     with pytest.raises(SystemExit):
         parse("demo.yaml", extra=("--model.codek.name=dac",))
+
+
+def test_dotted_overrides_into_component_configs_keep_their_types():
+    """``--model.encoder.config.d_model=96`` reaches the component as the int 96, not the string "96",
+    and a deep override merges into the configured dict instead of replacing it."""
+    args = [
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        "--model.encoder.config.d_model=96",
+        "--model.encoder.config.encoder_attention_heads=4",
+        "--model.backbone.config.num_hidden_layers",
+        "2",
+        "--model.optimizer.lr=3e-3",
+        "--data.tasks.text_only=25",
+    ]
+    cli = main(args, run=False)
+    encoder = cli.model.model.encoder
+    assert encoder.output_dim == 96
+    demo = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["model"]["backbone"]["config"]
+    assert cli.model.hparams["backbone"]["config"] == {**demo, "num_hidden_layers": 2}
+    assert len(cli.model.model.backbone.lm.model.layers) == 2
+    assert cli.model.optimizer_spec["lr"] == pytest.approx(3e-3)
+    assert cli.datamodule.tasks["text_only"] == 25
+    assert scalars({"a": ["1", "x", "2.5", "false", "null", "/runs/1"]}) == {
+        "a": [1, "x", 2.5, False, None, "/runs/1"]
+    }
 
 
 def test_lr_schedule_shapes():
