@@ -33,6 +33,13 @@ register(
     doc="Whisper encoder via transformers.WhisperEncoder; <= 30 s, 50 frames/s",
 )
 
+register(
+    "mel",
+    "bagpiper_lib.encoders.mel:MelEncoder",
+    presets={"tiny": {"n_mels": 80}},
+    doc="log-mel frames + a learnable per-bin affine, no network (ablation baseline, CPU demo); 100 frames/s",
+)
+
 # Self-supervised speech encoders (16 kHz, 50 frames/s); see bagpiper_lib.encoders.ssl.
 register(
     "hubert",

@@ -19,11 +19,16 @@ shortest clip the reference's reflect padding accepts.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LogMelSpectrogram", "mel_filter_bank"]
+from bagpiper_lib.encoders.base import AudioEncoder
+
+__all__ = ["LogMelSpectrogram", "MelEncoder", "mel_filter_bank"]
 
 
 def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -182,3 +187,81 @@ class LogMelSpectrogram(nn.Module):
             f"n_mels={self.n_mels}, sample_rate={self.sample_rate}, n_fft={self.n_fft}, "
             f"hop_length={self.hop_length}, f_max={self.f_max:g}"
         )
+
+
+class MelEncoder(AudioEncoder):
+    """Log-mel frames as the audio features, with a learnable per-bin affine (``scale * x + shift``).
+
+    No network: the features are :class:`LogMelSpectrogram` frames (100 per second at 16 kHz), which
+    already carry pitch, timbre and loudness. It is the baseline of encoder ablations (what does a
+    pretrained tower add over the spectrum?) and the CPU demo's encoder, where a randomly initialised
+    transformer tower would first have to learn what the spectrum shows. Pair it with a stacking
+    adaptor (``{"name": "mlp", "downsample": 4}``) to bring the rate down to 25 frames per second.
+
+    Args:
+        pretrained: a directory written by :meth:`save_pretrained` (``config.json`` + safetensors).
+        n_mels: mel bins (the feature size, ``output_dim``).
+        max_seconds: longest clip accepted (longer audio fails with a clear error).
+        trainable: train the affine (default ``True``: it is cheap and starts as the identity).
+    """
+
+    sample_rate = 16000
+
+    def __init__(
+        self,
+        pretrained: str | Path | None = None,
+        *,
+        n_mels: int = 80,
+        max_seconds: float = 30.0,
+        trainable: bool = True,
+    ):
+        super().__init__()
+        if pretrained is not None:
+            directory = Path(pretrained)
+            if not (directory / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"pretrained={str(pretrained)!r} is not a directory with config.json (written by "
+                    "MelEncoder.save_pretrained)"
+                )
+            saved = json.loads((directory / "config.json").read_text())
+            n_mels, max_seconds = int(saved["n_mels"]), float(saved["max_seconds"])
+        if not max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
+        self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate)
+        self.scale = nn.Parameter(torch.ones(n_mels))
+        self.shift = nn.Parameter(torch.zeros(n_mels))
+        self.output_dim = n_mels
+        self.max_seconds = float(max_seconds)
+        if pretrained is not None:
+            from safetensors.torch import load_file
+
+            self.load_state_dict(load_file(str(Path(pretrained) / "model.safetensors")))
+        self.set_trainable(trainable)
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(num_samples) // self.mel.hop_length
+
+    def _forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        limit = int(self.max_seconds * self.sample_rate)
+        if wav.shape[-1] > limit:
+            raise ValueError(
+                f"audio of {wav.shape[-1]} samples exceeds max_seconds={self.max_seconds:g} "
+                f"({limit} samples at {self.sample_rate} Hz); split it or raise max_seconds"
+            )
+        feats, frames = self.mel(wav.float(), lengths)  # [B, n_mels, T]
+        feats = feats.transpose(1, 2) * self.scale + self.shift  # [B, T, n_mels]
+        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
+        return feats.masked_fill(~valid[..., None], 0.0).to(self.scale.dtype), frames
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"n_mels": self.output_dim, "max_seconds": self.max_seconds}
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+            str(directory / "model.safetensors"),
+        )
+        return directory

@@ -7,7 +7,7 @@ import torch
 
 from bagpiper_lib import encoders
 
-NAMES = ["whisper", "qwen3_omni", "hubert", "wavlm"]
+NAMES = ["whisper", "qwen3_omni", "hubert", "wavlm", "mel"]
 
 
 @pytest.fixture(scope="module", params=NAMES)

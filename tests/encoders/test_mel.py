@@ -98,3 +98,51 @@ def test_bad_input_is_rejected_by_name():
         LogMelSpectrogram(0)
     with pytest.raises(ValueError, match="hop_length"):
         LogMelSpectrogram(80, hop_length=500)
+
+
+# ------------------------------------------------------------------ MelEncoder
+def test_mel_encoder_is_the_spectrum_with_an_affine_and_round_trips(tmp_path):
+    from bagpiper_lib import encoders
+    from bagpiper_lib.encoders.mel import MelEncoder
+
+    enc = encoders.build({"name": "mel", "preset": "tiny"})
+    assert isinstance(enc, MelEncoder) and enc.output_dim == 80 and enc.trainable
+    wav = 0.1 * torch.randn(2, 12000, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([12000, 7000])
+    feats, frames = enc(wav, lengths)
+    mel, mel_frames = LogMelSpectrogram(80)(wav, lengths)
+    assert torch.equal(frames, mel_frames) and torch.equal(enc.num_frames(lengths), frames)
+    torch.testing.assert_close(feats, mel.transpose(1, 2), rtol=0, atol=0)  # identity affine at init
+    with torch.no_grad():
+        enc.scale.mul_(2.0)
+        enc.shift.add_(0.5)
+    changed, _ = enc(wav, lengths)
+    assert torch.allclose(changed[0], 2 * mel.transpose(1, 2)[0] + 0.5)
+    assert changed[1, int(frames[1]) :].abs().sum() == 0  # frames past an item's end stay zero
+    again = encoders.build({"name": "mel", "pretrained": str(enc.save_pretrained(tmp_path / "mel"))})
+    assert torch.equal(again(wav, lengths)[0], changed)
+    with pytest.raises(FileNotFoundError, match="not a directory with config.json"):
+        MelEncoder(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="exceeds max_seconds=0.5"):
+        MelEncoder(max_seconds=0.5)(torch.zeros(1, 9000))
+
+
+def test_mel_encoder_feeds_the_model_through_a_stacking_adaptor():
+    from bagpiper_lib.model import PRESETS, BagpiperModel
+    from bagpiper_lib.sequence import pack
+    from bagpiper_lib.sequence.messages import Message
+
+    cfg = {
+        **PRESETS["tiny"],
+        "encoder": {"name": "mel", "preset": "tiny"},
+        "adaptor": {"name": "mlp", "downsample": 4},
+    }
+    model = BagpiperModel.from_config(cfg)
+    wav = 0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(1))
+    sample = model.builder.build(
+        [Message("user", "audio_in", wav, sample_rate=16000), Message("assistant", "text", "a tone")]
+    )
+    assert sample.audio_in[0].length == 16000 // 160 // 4  # 100 mel frames per second, stacked by 4
+    out = model(pack([sample], budget=128, pad_ids=model._stream_pads))
+    out.loss.backward()
+    assert model.encoder.scale.grad is not None and model.encoder.scale.grad.abs().sum() > 0
