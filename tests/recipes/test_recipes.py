@@ -93,15 +93,15 @@ def test_dotted_override_and_unknown_key():
 
 
 def test_dotted_overrides_into_component_configs_keep_their_types():
-    """``--model.encoder.config.d_model=96`` reaches the component as the int 96, not the string "96",
+    """``--model.encoder.n_mels=96`` reaches the component as the int 96, not the string "96",
     and a deep override merges into the configured dict instead of replacing it."""
     args = [
         "--config",
         str(CONFIGS / "demo.yaml"),
-        "--model.encoder.config.d_model=96",
-        "--model.encoder.config.encoder_attention_heads=4",
+        "--model.encoder.n_mels=96",
         "--model.backbone.config.num_hidden_layers",
         "2",
+        "--model.backbone.config.intermediate_size=192",
         "--model.optimizer.lr=3e-3",
         "--data.tasks.text_only=25",
     ]
@@ -109,7 +109,11 @@ def test_dotted_overrides_into_component_configs_keep_their_types():
     encoder = cli.model.model.encoder
     assert encoder.output_dim == 96
     demo = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["model"]["backbone"]["config"]
-    assert cli.model.hparams["backbone"]["config"] == {**demo, "num_hidden_layers": 2}
+    assert cli.model.hparams["backbone"]["config"] == {
+        **demo,
+        "num_hidden_layers": 2,
+        "intermediate_size": 192,
+    }
     assert len(cli.model.model.backbone.lm.model.layers) == 2
     assert cli.model.optimizer_spec["lr"] == pytest.approx(3e-3)
     assert cli.datamodule.tasks["text_only"] == 25
