@@ -106,22 +106,26 @@ class GenerationMixin:
         audio_cfg = {**AUDIO_DEFAULTS, **(audio or {})}
         generator = torch.Generator(device=self.embed.weight.device)
         generator.manual_seed(torch.seed() if seed is None else int(seed))
+        if plan is None and (
+            not isinstance(max_segments, int) or isinstance(max_segments, bool) or max_segments < 1
+        ):
+            raise ValueError(f"max_segments must be an integer >= 1, got {max_segments!r}")
         segments = len(plan) if plan is not None else max_segments
         wants_audio = plan is None or "audio" in plan
         guided = wants_audio and float(audio_cfg["cfg_scale"]) != 1.0
         audio_steps = self.pattern.num_steps(int(audio_cfg["max_steps"])) + 1
         budget = segments * (3 + max(int(text_cfg["max_steps"]), audio_steps))
-        return _Decoder(self, prompts, plan, text_cfg, audio_cfg, guided, budget, generator).run()
+        return _Decoder(self, prompts, plan, text_cfg, audio_cfg, guided, budget, generator, segments).run()
 
 
 class _Decoder:
     """State of one batched decoding call (rows advance in lockstep, each in its own state)."""
 
-    def __init__(self, model, prompts, plan, text_cfg, audio_cfg, guided, budget, generator):
+    def __init__(self, model, prompts, plan, text_cfg, audio_cfg, guided, budget, generator, max_segments):
         self.m, self.v, self.pattern = model, model.vocab, model.pattern
         self.text_cfg, self.audio_cfg, self.guided, self.gen = text_cfg, audio_cfg, guided, generator
         self.rows = [_Row(list(plan) if plan is not None else None) for _ in prompts]
-        self.max_segments = len(plan) if plan is not None else 3
+        self.max_segments = int(max_segments)
         device = model.embed.weight.device
         k = self.v.num_codebooks
         self.pads = self.v.empty_step_ids().to(model._stream_pads.device)
@@ -353,7 +357,11 @@ class _Decoder:
             return logits.argmax()
         top_k = int(cfg["top_k"])
         if 0 < top_k < logits.shape[-1]:
-            kth = logits.topk(top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            # sample among the k best only: the same distribution as masking the rest to -inf, but
+            # multinomial then walks k entries instead of the whole vocabulary (0.5 ms -> ~10 us on CPU)
+            values, ids = logits.topk(top_k)
+            probs = torch.softmax(values / temperature, dim=-1)
+            pick = torch.multinomial(probs.cpu(), 1, generator=self.gen)[0]
+            return ids[pick.to(ids.device)]
         probs = torch.softmax(logits / temperature, dim=-1)
         return torch.multinomial(probs.cpu(), 1, generator=self.gen)[0].to(logits.device)

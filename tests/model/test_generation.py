@@ -50,7 +50,9 @@ def test_cached_greedy_text_equals_full_recompute(model):
     allowed[[v.eos, v.eot]] = True
     for i, token in enumerate(seg.ids):
         row = logits[start + i].masked_fill(~allowed, float("-inf"))
-        assert int(row.argmax()) == token
+        # greedy picked the best token; cached and full-prefix logits differ by float rounding, so a
+        # near-tie may go either way (seen once in many runs): the pick must be within 1e-4 of the max
+        assert float(row[token]) >= float(row.max()) - 1e-4, (i, token, int(row.argmax()))
     assert len(seg.ids) == 12 or int(logits[start + len(seg.ids)].masked_fill(~allowed, -1e9).argmax()) in (
         v.eos,
         v.eot,
@@ -86,7 +88,9 @@ def test_min_and_max_audio_steps(model):
 
 def test_cfg_logits_are_one_batched_forward_of_cond_and_uncond(model):
     p = prompt(model)
-    dec = _Decoder(model, [p], ["audio"], {}, {"cfg_scale": 3.0}, True, 16, torch.Generator().manual_seed(0))
+    dec = _Decoder(
+        model, [p], ["audio"], {}, {"cfg_scale": 3.0}, True, 16, torch.Generator().manual_seed(0), 1
+    )
     guided = dec._logits(0, {"cfg_scale": 3.0})
     pads = model._stream_pads.clone()
     pads[0] = model.vocab.pad
@@ -127,10 +131,20 @@ def test_multi_segment_plan_and_model_chosen_modality(model):
         [prompt(model)], ["think", "text", "audio"], text={"max_steps": 4}, audio={"max_steps": 3}, seed=0
     )
     assert [s.modality for s in segs] == ["think", "text", "audio"]
-    free = model.generate(
-        [prompt(model)], None, text={"max_steps": 3}, audio={"max_steps": 3}, max_segments=2, seed=0
-    )
-    assert 1 <= len(free[0]) <= 2 and all(s.modality in ("text", "think", "audio") for s in free[0])
+    for limit in (1, 2):  # the model chooses the modalities, never more than max_segments of them
+        for seed in range(4):
+            free = model.generate(
+                [prompt(model)],
+                None,
+                text={"max_steps": 3},
+                audio={"max_steps": 3},
+                max_segments=limit,
+                seed=seed,
+            )
+            assert 1 <= len(free[0]) <= limit
+            assert all(s.modality in ("text", "think", "audio") for s in free[0])
+    with pytest.raises(ValueError, match="max_segments must be an integer >= 1"):
+        model.generate([prompt(model)], None, max_segments=0)
 
 
 def test_pipelines_return_lists(model):
