@@ -34,6 +34,7 @@ from bagpiper_lib.registry import normalize_spec
 from bagpiper_lib.sequence.messages import SequenceBuilder
 from bagpiper_lib.sequence.sample import AudioSpan
 from bagpiper_lib.sequence.vocabulary import Vocabulary
+from bagpiper_lib.utils import seeded
 
 __all__ = ["BagpiperModel", "PRESETS", "DEFAULT_CONFIG", "LoadReport"]
 
@@ -53,6 +54,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "codec_loss_weight": None,
     "own_codebook_only": False,
     "loss_chunk_size": 1024,
+    # seed of the model's own random init (adaptor, multimodal embedding/head rows beyond the text
+    # rows, stream embeddings): the same config builds the same weights (components carry their own)
+    "seed": 0,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -207,21 +211,23 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
             for key, value in (("input_dim", encoder.output_dim), ("output_dim", backbone.hidden_size)):
                 if spec.setdefault(key, value) != value:
                     raise ValueError(f"adaptor {key}={spec[key]} does not match the model's {value}")
-            adaptor = adaptors.build(spec)
-        return cls(
-            codec,
-            backbone,
-            tokenizer,
-            pattern,
-            vocab,
-            encoder,
-            adaptor,
-            head=cfg["head"],
-            codec_loss_weight=cfg["codec_loss_weight"],
-            own_codebook_only=cfg["own_codebook_only"],
-            loss_chunk_size=cfg["loss_chunk_size"],
-            config=cfg,
-        )
+            with seeded(int(cfg["seed"])):
+                adaptor = adaptors.build(spec)
+        with seeded(int(cfg["seed"]) + 1):
+            return cls(
+                codec,
+                backbone,
+                tokenizer,
+                pattern,
+                vocab,
+                encoder,
+                adaptor,
+                head=cfg["head"],
+                codec_loss_weight=cfg["codec_loss_weight"],
+                own_codebook_only=cfg["own_codebook_only"],
+                loss_chunk_size=cfg["loss_chunk_size"],
+                config=cfg,
+            )
 
     # ------------------------------------------------------------------ embedding
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -213,3 +213,17 @@ def test_bad_batches(model):
         model.embed_tokens(batch.tokens[..., :3])
     with pytest.raises(ValueError, match="token ids must lie in"):
         model.embed_tokens(batch.tokens + model.vocab.size)
+
+
+def test_the_same_config_builds_the_same_weights():
+    cfg = {
+        **PRESETS["tiny"],
+        "encoder": {"name": "mel", "preset": "tiny"},
+        "adaptor": {"name": "mlp", "downsample": 4},
+    }
+    a, b = BagpiperModel.from_config(cfg), BagpiperModel.from_config(cfg)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    c = BagpiperModel.from_config({**cfg, "seed": 1})
+    assert not torch.equal(a.embed.weight, c.embed.weight)
+    assert not torch.equal(a.adaptor.state_dict()["proj.0.weight"], c.adaptor.state_dict()["proj.0.weight"])
