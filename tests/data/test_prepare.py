@@ -15,14 +15,7 @@ from bagpiper_lib.data.prepare import codes_path, load_codes, prepare_codes
 from bagpiper_lib.data.records import Record
 from bagpiper_lib.data.shards import ShardedStream, write_shards
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny codecs gain nothing from intra-op threads, and on a busy 2-core box they slow encode 50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

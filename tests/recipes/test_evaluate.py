@@ -21,13 +21,7 @@ FAST = ["--num-items", "4", "--max-steps", "2", "--cfg-scale", "1", "--seed", "0
 PROBE_KEYS = {"understanding": "qa_accuracy", "generation": "fad", "cycle": "audio_cycle_cosine"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads; one avoids oversubscribing a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
