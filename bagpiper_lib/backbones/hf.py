@@ -375,7 +375,7 @@ class Backbone(torch.nn.Module):
         if position_ids.shape[1] == 1:  # one position per row (a decode step): nothing can restart
             restarts = torch.zeros((), dtype=torch.bool, device=position_ids.device)
         else:
-            restarts = (position_ids[:, 1:] != position_ids[:, :-1] + 1).any()
+            restarts = packing.segment_starts(position_ids)[:, 1:].any()
         flags = torch.stack([restarts, low < 0, high >= (limit or 0)])
         packed, negative, too_far = flags.tolist()
         if negative:

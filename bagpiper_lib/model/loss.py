@@ -219,7 +219,8 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
     h = hidden.detach()[start:stop][rows]  # [R, H]
     single = len(streams) == 1
     # one stream: its own inputs (shift included) and the product used in place; several: h W^T once
-    base = F.linear(first.inputs(h) if single else h, weight).float()  # [R, V]
+    x = first.inputs(h) if single else h  # the projection's input (shared by the group's streams)
+    base = F.linear(x, weight).float()  # [R, V]
     summed = None  # sum over the group's streams of d loss / d logits (several streams only)
     grad_w = grads.get(id(first.weight))
     for k in streams:
@@ -267,7 +268,6 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
     if summed is None:
         return
     g = summed.to(weight.dtype)
-    x = first.inputs(h) if single else h
     grad_x = g @ weight  # [R, H]
     if id(hidden) in grads:
         grads[id(hidden)][start:stop].index_add_(0, rows, grad_x.to(hidden.dtype))
