@@ -201,6 +201,9 @@ class MelEncoder(AudioEncoder):
     Args:
         pretrained: a directory written by :meth:`save_pretrained` (``config.json`` + safetensors).
         n_mels: mel bins (the feature size, ``output_dim``).
+        n_fft: STFT size and window in samples (400 = 25 ms, Whisper's). A longer window resolves
+            musical pitch: at 400 the FFT bins are 40 Hz apart, a semitone at 262 Hz is 16 Hz; at 2048
+            they are 7.8 Hz apart. The hop stays 160 samples (100 frames per second).
         max_seconds: longest clip accepted (longer audio fails with a clear error).
         trainable: train the affine (default ``True``: it is cheap and starts as the identity).
     """
@@ -212,6 +215,7 @@ class MelEncoder(AudioEncoder):
         pretrained: str | Path | None = None,
         *,
         n_mels: int = 80,
+        n_fft: int = 400,
         max_seconds: float = 30.0,
         trainable: bool = True,
     ):
@@ -225,9 +229,10 @@ class MelEncoder(AudioEncoder):
                 )
             saved = json.loads((directory / "config.json").read_text())
             n_mels, max_seconds = int(saved["n_mels"]), float(saved["max_seconds"])
+            n_fft = int(saved.get("n_fft", 400))
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
-        self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate)
+        self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
         self.scale = nn.Parameter(torch.ones(n_mels))
         self.shift = nn.Parameter(torch.zeros(n_mels))
         self.output_dim = n_mels
@@ -258,7 +263,7 @@ class MelEncoder(AudioEncoder):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"n_mels": self.output_dim, "max_seconds": self.max_seconds}
+        config = {"n_mels": self.output_dim, "n_fft": self.mel.n_fft, "max_seconds": self.max_seconds}
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},

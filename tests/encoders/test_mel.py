@@ -146,3 +146,17 @@ def test_mel_encoder_feeds_the_model_through_a_stacking_adaptor():
     out = model(pack([sample], budget=128, pad_ids=model._stream_pads))
     out.loss.backward()
     assert model.encoder.scale.grad is not None and model.encoder.scale.grad.abs().sum() > 0
+
+
+def test_mel_encoder_window_is_configurable_and_saved(tmp_path):
+    from bagpiper_lib.encoders.mel import MelEncoder
+
+    enc = MelEncoder(n_mels=64, n_fft=1024)
+    wav = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(1))
+    feats, frames = enc(wav)
+    mel, _ = LogMelSpectrogram(64, n_fft=1024)(wav)
+    assert int(frames) == 100 and feats.shape == (1, 100, 64)  # the hop, not the window, sets the rate
+    torch.testing.assert_close(feats, mel.transpose(1, 2), rtol=0, atol=0)
+    assert not torch.allclose(feats, MelEncoder(n_mels=64)(wav)[0])  # the 400-sample window differs
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.mel.n_fft == 1024 and torch.equal(again(wav)[0], feats)
