@@ -15,7 +15,6 @@ the LightningModule is built), pre-tokenises audio-output clips once, and serves
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 from pathlib import Path
@@ -163,7 +162,8 @@ class PackedStream:
             yield batch
 
     def _draw(self):
-        snapshot = (copy.deepcopy(self.mixture.state_dict()), self.rng.getstate())
+        # TaskMixture.state_dict is a fresh snapshot (an immutable RNG state, new containers): no copy
+        snapshot = (self.mixture.state_dict(), self.rng.getstate())
         sample = self.mixture.sample()
         if self.dropout is not None:
             sample = self.dropout(sample, self.rng)
