@@ -14,7 +14,9 @@ times the token weight) and immediately multiplies it back into the gradients of
 and of the head parameters (a fused linear + cross-entropy, computed during forward). Backward then
 only scales the stored gradients by the incoming gradient. Peak memory is one chunk's logits; the
 matmul count is the same as an unfused forward + backward (three per stream), so chunking costs no
-recomputation.
+recomputation. Codec streams that share the head differ only by a bias ``b_k = e_k W^T``, so their
+softmaxes come from one exponential of the shared product (``exp(l + b_k) = exp(l) exp(b_k)``): one
+``exp`` pass per chunk instead of one per stream (see :func:`_shared_streams`).
 
 Weights: a codec token counts ``codec_weight`` (default ``1 / K``: one audio frame weighs one text
 token), every other token 1. The total is the weighted sum divided by the number of stream-0 target
@@ -26,6 +28,7 @@ with float logits ties practically never happen, and skipping ``argmax`` saves a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -157,6 +160,41 @@ def _unique(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(seen.values())
 
 
+class _Scratch:
+    """The float32 logits buffers of one loss call, reused by every chunk and stream.
+
+    A fresh multi-megabyte tensor costs a page fault per 4 KiB on CPU each time it is allocated: at
+    hidden size 64 and 8.7 k logits per position that doubled the time of the logits matmul. So each
+    named buffer is allocated once per call (at its largest chunk) and sliced; on CPU the buffers of
+    up to ``_KEEP_CPU`` elements are also kept per thread between calls. CUDA has its caching
+    allocator, so there the buffers live for one call only.
+    """
+
+    def __init__(self, device: torch.device):
+        keep = device.type == "cpu"
+        self.slots: dict[str, torch.Tensor] = _kept_scratch() if keep else {}
+        self.device, self.keep = device, keep
+
+    def get(self, name: str, rows: int, cols: int) -> torch.Tensor:
+        need = rows * cols
+        flat = self.slots.get(name)
+        if flat is None or flat.numel() < need:
+            flat = torch.empty(need, dtype=torch.float32, device=self.device)
+            if not self.keep or need <= _KEEP_CPU:
+                self.slots[name] = flat
+        return flat[:need].view(rows, cols)
+
+
+_KEEP_CPU = 16 * 2**20  # elements (64 MiB) per kept CPU buffer
+_LOCAL = threading.local()
+
+
+def _kept_scratch() -> dict[str, torch.Tensor]:
+    if not hasattr(_LOCAL, "slots"):
+        _LOCAL.slots = {}
+    return _LOCAL.slots
+
+
 class _FusedLoss(torch.autograd.Function):
     """Weighted CE sum whose gradients are computed in forward (see :func:`_forward`)."""
 
@@ -201,16 +239,42 @@ def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
     groups: dict[tuple[int, int, int], list[int]] = {}
     for k, head in enumerate(heads):
         groups.setdefault((id(head.weight), head.lo, head.hi), []).append(k)
+    scratch = _Scratch(hidden.device)
     for start in range(0, positions, chunk_size):
         stop = min(start + chunk_size, positions)
         for streams in groups.values():
-            _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, correct, grads)
+            _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, correct, grads, scratch)
     weighted = (ce * weights).sum()
     return weighted, ce, correct, grads
 
 
-def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, correct, grads):
-    """One chunk ``[start, stop)`` of the streams sharing one projection (see :func:`_forward`)."""
+def _targets(tokens, mask, heads, k, start, rows):
+    """Stream ``k``'s ``on [R]`` (has a target) and target column ``local [R]`` (0 where off), checked."""
+    head = heads[k]
+    on = mask[start + rows, k]
+    local = torch.where(on, tokens[start + rows, k] - head.offset, 0)
+    inside = (local >= 0) & (local < head.hi - head.lo)
+    if not bool(inside.all()):
+        bad = int(tokens[start + rows, k][~inside][0])
+        raise ValueError(
+            f"target id {bad} of stream {k} lies outside that stream's output ids "
+            f"[{head.offset}, {head.offset + head.hi - head.lo})"
+        )
+    return on, local
+
+
+# Largest spread (max - min) of a stream's bias ``e_k W^T`` for which the factored path is used: its
+# products lose at most a factor exp(-spread) against the row maximum, far from float32 underflow.
+_MAX_BIAS_SPREAD = 40.0
+
+
+def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, correct, grads, scratch):
+    """One chunk ``[start, stop)`` of the streams sharing one projection (see :func:`_forward`).
+
+    Buffers (``scratch``): ``base`` holds ``x W^T``. Several streams take the factored path
+    (:func:`_shared_streams`) when their biases allow it; otherwise each stream's logits go to ``a``
+    or ``b`` in turn and the first of them (``a``) accumulates the group's logit gradient.
+    """
     rows = mask[start:stop, streams].any(-1).nonzero().squeeze(1)
     if rows.numel() == 0:
         return
@@ -220,27 +284,35 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
     single = len(streams) == 1
     # one stream: its own inputs (shift included) and the product used in place; several: h W^T once
     x = first.inputs(h) if single else h  # the projection's input (shared by the group's streams)
-    base = F.linear(x, weight).float()  # [R, V]
-    summed = None  # sum over the group's streams of d loss / d logits (several streams only)
+    base = scratch.get("base", rows.numel(), first.hi - first.lo)  # [R, V]
+    if weight.dtype == x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        torch.mm(x, weight.t(), out=base)
+    else:
+        base.copy_(F.linear(x, weight))
     grad_w = grads.get(id(first.weight))
+    if not single:
+        biases = torch.stack(
+            [
+                torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+                if heads[k].shift is None
+                else (heads[k].shift.detach()[heads[k].shift_row].to(weight.dtype) @ weight.t()).float()
+                for k in streams
+            ]
+        )  # [S, V]
+        if float((biases.amax(1) - biases.amin(1)).max()) <= _MAX_BIAS_SPREAD:
+            summed = _shared_streams(base, biases, tokens, mask, weights, heads, streams, start, rows, ce, correct,
+                                     grads, grad_w, weight, scratch)  # fmt: skip
+            _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single)
+            return
+    summed = None  # sum over the group's streams of d loss / d logits (several streams only)
     for k in streams:
         head = heads[k]
-        on = mask[start + rows, k]
-        local = torch.where(on, tokens[start + rows, k] - head.offset, 0)
-        inside = (local >= 0) & (local < head.hi - head.lo)
-        if not bool(inside.all()):
-            bad = int(tokens[start + rows, k][~inside][0])
-            raise ValueError(
-                f"target id {bad} of stream {k} lies outside that stream's output ids "
-                f"[{head.offset}, {head.offset + head.hi - head.lo})"
-            )
+        on, local = _targets(tokens, mask, heads, k, start, rows)
         if single:
             buf = base
-        elif head.shift is None:
-            buf = base.clone()
         else:
-            bias = head.shift.detach()[head.shift_row].to(weight.dtype) @ weight.t()
-            buf = base + bias.float()
+            buf = scratch.get("a" if summed is None else "b", *base.shape)
+            torch.add(base, biases[streams.index(k)], out=buf)
         buf.sub_(buf.amax(-1, keepdim=True))
         picked = buf.gather(1, local[:, None]).squeeze(1)  # target logit minus the row maximum
         total = buf.exp_().sum(-1)
@@ -252,20 +324,27 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
         w = weights[start + rows, k]  # 0 on rows where this stream has no target
         buf.mul_((w / total)[:, None])
         buf[torch.arange(rows.numel(), device=buf.device), local] -= w
-        if head.shift is not None and not single and (id(head.shift) in grads or grad_w is not None):
-            col = buf.sum(0).to(weight.dtype)  # [V]: d loss / d bias_k
-            if id(head.shift) in grads:  # bias_k = e_k W^T  ->  d e_k = col W
-                grads[id(head.shift)][head.shift_row] += (col @ weight).to(head.shift.dtype)
-            if grad_w is not None:  # and d W += col^T e_k
-                grad_w[head.lo : head.hi].add_(
-                    torch.outer(col, head.shift.detach()[head.shift_row].to(col.dtype))
-                )
-        if single or summed is None:
+        if head.shift is not None and not single:
+            _shift_grads(buf.sum(0), head, weight, grads, grad_w)
+        if summed is None:
             summed = buf
         else:
             summed.add_(buf)
-        del buf
-    if summed is None:
+    _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single)
+
+
+def _shift_grads(col, head, weight, grads, grad_w):
+    """Gradients through stream ``head``'s bias ``e_k W^T`` given ``col [V]`` = d loss / d bias_k."""
+    col = col.to(weight.dtype)
+    if id(head.shift) in grads:  # bias_k = e_k W^T  ->  d e_k = col W
+        grads[id(head.shift)][head.shift_row] += (col @ weight).to(head.shift.dtype)
+    if grad_w is not None:  # and d W += col^T e_k
+        grad_w[head.lo : head.hi].add_(torch.outer(col, head.shift.detach()[head.shift_row].to(col.dtype)))
+
+
+def _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single):
+    """Multiply the group's logit gradient ``summed [R, V]`` into the hidden-state and weight gradients."""
+    if summed is None or not grads:
         return
     g = summed.to(weight.dtype)
     grad_x = g @ weight  # [R, H]
@@ -275,3 +354,48 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
         grad_w[first.lo : first.hi].addmm_(g.t(), x.to(grad_w.dtype))
     if single and first.shift is not None and id(first.shift) in grads:
         grads[id(first.shift)][first.shift_row] += grad_x.sum(0).to(first.shift.dtype)
+
+
+def _shared_streams(base, biases, tokens, mask, weights, heads, streams, start, rows, ce, correct, grads,
+                    grad_w, weight, scratch):  # fmt: skip
+    """Loss and logit gradient of ``S`` streams whose logits are ``base + b_k`` with one exp pass.
+
+    ``exp(base + b_k - m - M_k) = E * B_k`` with ``E = exp(base - m)`` (``m`` the row max of ``base``)
+    and ``B_k = exp(b_k - M_k)`` (``M_k = max b_k``), so every softmax comes from the one ``[R, V]``
+    exponential: the normalisers are ``E @ B^T`` and the summed gradient ``sum_k (w_k / Z_k) E * B_k``
+    is ``E * (C @ B)``. Each stream still takes one pass (add and row max) for the exact accuracy.
+    Returns the group's ``d loss / d logits`` summed over its streams (``None`` without gradients).
+    """
+    count = len(streams)
+    top = biases.amax(1)  # [S]
+    scales = (biases - top[:, None]).exp()  # [S, V]: B
+    buf = scratch.get("a", *base.shape)
+    on, local, picked = [], [], []
+    for j, k in enumerate(streams):
+        o, loc = _targets(tokens, mask, heads, k, start, rows)
+        torch.add(base, biases[j], out=buf)
+        target = buf.gather(1, loc[:, None]).squeeze(1)
+        correct[start + rows, k] = (o & (target >= buf.amax(-1))).float()  # ties count
+        on.append(o), local.append(loc), picked.append(target)
+    row_max = base.amax(-1)  # [R]
+    exp = base.sub_(row_max[:, None]).exp_()  # [R, V]: E (base is not needed any more)
+    totals = exp @ scales.t()  # [R, S]: Z_k / exp(m + M_k)
+    for j, k in enumerate(streams):
+        lse = totals[:, j].log() + row_max + top[j]
+        ce[start + rows, k] = torch.where(on[j], lse - picked[j], 0.0)
+    if not grads:
+        return None
+    w = torch.stack([weights[start + rows, k] for k in streams], dim=1)  # [R, S]
+    coef = w / totals  # [R, S]
+    summed = buf
+    torch.mm(coef, scales, out=summed).mul_(exp)  # sum_k w_k * softmax_k
+    arange = torch.arange(rows.numel(), device=base.device)
+    for j in range(count):
+        summed.index_put_((arange, local[j]), -w[:, j], accumulate=True)
+    shifted = [j for j, k in enumerate(streams) if heads[k].shift is not None]
+    if shifted and (grad_w is not None or any(id(heads[streams[j]].shift) in grads for j in shifted)):
+        cols = (coef.t() @ exp).mul_(scales)  # [S, V]: d loss / d b_k before the one-hot part
+        for j in shifted:
+            col = cols[j].index_add_(0, local[j], -w[:, j])
+            _shift_grads(col, heads[streams[j]], weight, grads, grad_w)
+    return summed

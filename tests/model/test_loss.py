@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bagpiper_lib.model import loss as loss_module
 from bagpiper_lib.model.loss import StreamHead, StreamTargets, multistream_loss
 
 CODEC, BLOCK, K, H = 20, 5, 3, 8
@@ -58,12 +59,19 @@ def reference(hidden, heads, tokens, mask, codec_weight):
     return total / mask[:, 0].sum()
 
 
-@pytest.mark.parametrize("layout", ["shared", "own"])
+@pytest.mark.parametrize("layout", ["shared", "own", "shared-wide-bias"])
 @pytest.mark.parametrize("chunk", [1, 4, 1024])
 def test_fused_loss_and_gradients_equal_plain_autograd(layout, chunk):
     hidden, weight, shift, own, tokens, mask = problem()
-    heads = shared_heads(weight, shift) if layout == "shared" else own_heads(weight, own)
-    params = [hidden, weight] + ([shift] if layout == "shared" else own)
+    # The shared codec streams normally share one exponential (biases e_k W^T spread over < 40 nats);
+    # a wide spread takes the per-stream path. Both must equal autograd.
+    if layout == "shared-wide-bias":
+        shift = (12.0 * shift).detach().requires_grad_()
+    biases = (shift @ weight[CODEC:].t()).detach()
+    spread = float((biases.amax(1) - biases.amin(1)).max())
+    assert (spread > loss_module._MAX_BIAS_SPREAD) == (layout == "shared-wide-bias")
+    heads = own_heads(weight, own) if layout == "own" else shared_heads(weight, shift)
+    params = [hidden, weight] + (own if layout == "own" else [shift])
     out = multistream_loss(
         StreamTargets(hidden, tokens, mask), heads, codec_offset=CODEC, codec_weight=0.25, chunk_size=chunk
     )
