@@ -113,6 +113,9 @@ class Backbone(torch.nn.Module):
         self._cache_kwarg = "cache" if "cache" in body_args else "past_key_values"
         self.set_gradient_checkpointing(gradient_checkpointing)
         self.set_trainable(trainable)
+        # Decode steps of Llama-family bodies run the layers directly (see _direct_decode); False
+        # always goes through the transformers model (e.g. to have forward hooks on its layers run).
+        self.direct_decode: bool = True
 
     # ------------------------------------------------------------------ structure
     @property
@@ -265,6 +268,8 @@ class Backbone(torch.nn.Module):
             if self.attn_implementation in _FLASH or (mask is None and self._segmented_sdpa):
                 return self._forward_varlen(x, position_ids, mask, attention_kwargs)
             mask = self._packed_mask(x, position_ids, mask)
+        if cache is not None and not attention_kwargs and self._can_decode_directly(x, cache, mask):
+            return self._direct_decode(x, position_ids, cache, mask)
         if cache is not None:  # transformers < 5.x calls it past_key_values
             attention_kwargs[self._cache_kwarg] = cache
         out = self.body(
@@ -301,6 +306,53 @@ class Backbone(torch.nn.Module):
             **attention_kwargs,
         )
         return out.last_hidden_state.reshape(batch, length, hidden)
+
+    def _can_decode_directly(self, x: torch.Tensor, cache, mask) -> bool:
+        """One new position per row, a static cache, a full-attention Llama-family body, inference."""
+        if not self.direct_decode or x.shape[1] != 1 or self.body.training:
+            return False
+        if self.model_type not in _DIRECT_DECODE_TYPES or self.attn_implementation != "sdpa":
+            return False
+        if mask is not None and (mask.dim() != 2 or mask.shape[0] != x.shape[0]):
+            return False
+        layers = getattr(cache, "layers", None)
+        if not layers or not all(hasattr(layer, "cumulative_length") for layer in layers):
+            return False  # a StaticCache (transformers >= 5) only
+        types = getattr(self.lm.config, "layer_types", None) or ["full_attention"]
+        return set(types) == {"full_attention"} and len(layers) == len(self.body.layers)
+
+    def _direct_decode(self, x: torch.Tensor, position_ids: torch.Tensor, cache, mask) -> torch.Tensor:
+        """A decode step through the same modules and math as the transformers body, minus its per-call
+        machinery (mask building, output capture, keyword plumbing), which costs most of a small step.
+
+        Keys and values go into the static cache exactly as ``StaticLayer.update`` puts them; attention
+        reads only the filled prefix, so no mask is needed beyond the optional 2D padding mask
+        ``[B, >= past + 1]``. Equality with the transformers path is tested per architecture.
+        """
+        body = self.body
+        filled = int(cache.layers[0].cumulative_length) + 1  # cached positions after this step
+        if mask is not None and mask.shape[1] < filled:
+            raise ValueError(
+                f"attention_mask covers {mask.shape[1]} positions; a decode step with {filled - 1} cached "
+                f"needs [B, >= {filled}]"
+            )
+        keep = None if mask is None else mask[:, None, None, :filled].bool()
+        rotary = _rotary_function(body.layers[0].self_attn)
+        cos, sin = body.rotary_emb(x, position_ids)
+        hidden = x
+        for layer, kv in zip(body.layers, cache.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(hidden)
+            heads = (*h.shape[:-1], -1, attn.head_dim)
+            q, k, v = attn.q_proj(h).view(heads), attn.k_proj(h).view(heads), attn.v_proj(h).view(heads)
+            if getattr(attn, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm of q and k
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            keys, values = kv.update(k, v.transpose(1, 2))
+            out = _attend(q, keys[:, :, :filled], values[:, :, :filled], keep, attn.scaling)
+            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(*h.shape[:-1], -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return body.norm(hidden)
 
     @property
     def _segmented_sdpa(self) -> bool:
@@ -406,6 +458,28 @@ class Backbone(torch.nn.Module):
             f"model_type={self.model_type!r}, hidden_size={self.hidden_size}, attn={self.attn_implementation!r}, "
             f"trainable={self.trainable}, gradient_checkpointing={self.gradient_checkpointing}"
         )
+
+
+_DIRECT_DECODE_TYPES = ("qwen3", "qwen2", "llama")
+_SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa=
+
+
+def _rotary_function(attention: torch.nn.Module):
+    """The ``apply_rotary_pos_emb`` of the attention module's own modeling file."""
+    import sys
+
+    return sys.modules[type(attention).__module__].apply_rotary_pos_emb
+
+
+def _attend(q, keys, values, keep, scale) -> torch.Tensor:
+    """SDPA of ``q [B, Hq, 1, D]`` over ``keys/values [B, Hkv, S, D]`` (grouped heads), ``keep [B, 1, 1, S]``."""
+    groups = q.shape[1] // keys.shape[1]
+    if groups > 1 and not _SDPA_GQA:
+        keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
+    extra = {"enable_gqa": True} if groups > 1 and _SDPA_GQA else {}
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, keys, values, attn_mask=keep, scale=scale, **extra
+    )
 
 
 def _registry_name(attn_implementation: str) -> str:

@@ -326,18 +326,18 @@ class _Decoder:
     # ------------------------------------------------------------------ sampling
     def _logits(self, i: int, cfg: dict) -> torch.Tensor:
         """``[K, V]`` logits of row i's next step (guided when CFG is on)."""
-        rows = [i, i + len(self.rows)] if self.guided else [i]
-        hidden = self.hidden[rows]
-        out = torch.full((len(rows), self.k, self.v.size), float("-inf"), device=hidden.device)
+        guided = self.guided and "cfg_scale" in cfg
+        hidden = self.hidden[[i, i + len(self.rows)] if self.guided else [i]]
+        out = torch.full((self.k, self.v.size), float("-inf"), device=hidden.device)
         for k in range(self.k):
-            logits, lo = self.m.stream_logits(hidden, k)
-            out[:, k, lo : lo + logits.shape[-1]] = logits
-        if self.guided and "cfg_scale" in cfg:
-            cond, uncond = out[0], out[1]
-            scale = float(cfg["cfg_scale"])
-            finite = torch.isfinite(cond) & torch.isfinite(uncond)
-            return torch.where(finite, uncond + scale * (cond - uncond), cond)
-        return out[0]
+            logits, lo = self.m.stream_logits(hidden, k)  # [rows, n]: stream k's output ids only
+            cond = logits[0]
+            if guided:  # uncond + s * (cond - uncond) where both are finite, else cond
+                uncond = logits[1]
+                finite = torch.isfinite(cond) & torch.isfinite(uncond)
+                cond = torch.where(finite, uncond + float(cfg["cfg_scale"]) * (cond - uncond), cond)
+            out[k, lo : lo + cond.shape[-1]] = cond
+        return out
 
     def _sample_stream0(self, i: int, allowed, cfg: dict, extra=()) -> torch.Tensor:
         logits, _ = self.m.stream_logits(self.hidden[i : i + 1], 0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from bagpiper_lib import backbones
 from tests.backbones.conftest import embeds, tiny
 
 
@@ -88,3 +89,40 @@ def test_left_padded_cached_decoding_matches_full_forward(attn):
     stepped = torch.cat(outs, dim=1)
     assert torch.isfinite(stepped[:, 3:]).all()
     torch.testing.assert_close(stepped[:, 3:], full[:, 3:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "llama", "qwen2"])
+def test_direct_decode_steps_equal_the_transformers_body(name, monkeypatch):
+    """Decode steps skip the transformers model's forward; keys, values and outputs stay the same."""
+    spec = {"name": "hf_causal_lm", "model_type": "qwen2"} if name == "qwen2" else {"name": name}
+    direct = backbones.build({**spec, "preset": "tiny"}).eval()
+    reference = backbones.build({**spec, "preset": "tiny"}).eval()
+    reference.direct_decode = False
+    x = embeds(2, 11)
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :2] = 0  # a left-padded row
+    pos = torch.arange(11).expand(2, 11)
+    outs, caches = {}, {}
+    for key, backbone in (("direct", direct), ("reference", reference)):
+        cache = caches[key] = backbone.allocate_cache(2, 16)
+        with torch.no_grad():
+            steps = [backbone(x[:, :5], pos[:, :5], cache=cache, attention_mask=mask[:, :5])]
+            if key == "direct":  # from here on the transformers forward must not run
+                monkeypatch.setattr(type(backbone.body), "forward", _refuse)
+            for t in range(5, 11):
+                steps.append(
+                    backbone(x[:, t : t + 1], pos[:, t : t + 1], cache=cache, attention_mask=mask[:, : t + 1])
+                )
+            if key == "direct":
+                monkeypatch.undo()
+        outs[key] = torch.cat(steps, 1)
+    torch.testing.assert_close(outs["direct"], outs["reference"], atol=1e-5, rtol=0)
+    for a, b in zip(caches["direct"].layers, caches["reference"].layers):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=0)
+        assert int(a.cumulative_length) == int(b.cumulative_length) == 11
+    with torch.no_grad(), pytest.raises(ValueError, match=r"needs \[B, >= 12\]"):
+        direct(x[:, :1], pos[:, :1] + 11, cache=caches["direct"], attention_mask=mask)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the transformers body ran a decode step that should have gone direct")
