@@ -216,8 +216,35 @@ class BagpiperLitModule(L.LightningModule):
                     sync_dist=not on_step,
                 )
 
-    def training_step(self, batch, batch_idx: int):
+    def _world(self) -> int:
+        return int(self.trainer.world_size) if self._trainer is not None else 1
+
+    def _run(self, batch):
+        """``model(batch)``; with several processes, every rank also runs the audio encoder and adaptor.
+
+        A batch without audio input skips them, which breaks data parallelism: FSDP gathers each
+        encoder block's shards when the block runs (a rank that skips it leaves the others waiting in
+        a mismatched collective), and DDP without ``find_unused_parameters`` expects a gradient for
+        every trainable parameter. Such a rank runs them on one second of silence, before the
+        backbone as real audio would be (FSDP collectives must come in the same order on every rank),
+        and adds 0 times the result to its loss, so every rank runs the same modules and reduces the
+        same gradients. (A batch whose audio needs two encoder calls, e.g. two sample rates, would
+        still differ; the recipe's loaders resample to one rate.)
+        """
+        encoder = self.model.encoder
+        idle = None
+        if encoder is not None and self._world() > 1 and not (getattr(batch, "audio_in", None) or []):
+            device = self.model.embed.weight.device
+            samples = torch.tensor([int(encoder.sample_rate)], device=device)
+            feats, frames = encoder(torch.zeros(1, int(samples), device=device), samples)
+            idle = self.model.adaptor(feats.to(self.model.embed.weight.dtype), frames)[0]
         out = self.model(batch)
+        if idle is not None:
+            out.loss = out.loss + 0.0 * idle.float().sum()
+        return out
+
+    def training_step(self, batch, batch_idx: int):
+        out = self._run(batch)
         loss, global_loss = self._global_loss(out)
         self._log_output("train", out, out.num_targets)
         if global_loss is not None:  # the loss of the whole global batch (the same on every rank)
@@ -234,7 +261,7 @@ class BagpiperLitModule(L.LightningModule):
         run does not depend on how many processes share it. Returns ``(loss to optimise, loss of the
         global batch or None)``; one process: ``(out.loss, None)``.
         """
-        world = self.trainer.world_size if self._trainer is not None else 1
+        world = self._world()
         if world <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
             return out.loss, None
         count = float(out.num_targets)
@@ -244,12 +271,12 @@ class BagpiperLitModule(L.LightningModule):
         return out.loss * (count * world / max(targets, 1.0)), weighted / max(targets, 1.0)
 
     def validation_step(self, batch, batch_idx: int):
-        out = self.model(batch)
+        out = self._run(batch)
         self._log_output("val", out, out.num_targets)
         return out.loss
 
     def test_step(self, batch, batch_idx: int):
-        out = self.model(batch)
+        out = self._run(batch)
         self._log_output("test", out, out.num_targets)
         return out.loss
 

@@ -183,3 +183,106 @@ def test_gradient_clipping_goes_through_the_fsdp_root(monkeypatch):
     lit._trainer = SimpleNamespace(strategy=SimpleNamespace(model=torch.nn.Linear(2, 2)))
     lit.configure_gradient_clipping("opt", 0.5, "norm")
     assert clipped == [("opt", 0.5, "norm")] and root.calls == [1.0]
+
+
+# ------------------------------------------------------------------ FSDP with the recipe's own pieces
+CLIP = 0.05  # small enough that clipping acts on both steps
+
+
+def _lit():
+    """The recipe's LitModule on tiny components, the audio encoder frozen as in the stage configs."""
+    from recipes.module import BagpiperLitModule
+
+    torch.manual_seed(0)
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if k in ("codec", "encoder", "backbone", "tokenizer")}
+    return BagpiperLitModule(**tiny, freeze={"encoder": True})
+
+
+def _fsdp_rows(model):
+    """An audio -> caption row (runs the frozen encoder) and a caption -> audio row, with different
+    target counts, so the rescaling to the global batch matters."""
+    g = torch.Generator().manual_seed(2)
+    wav = 0.1 * torch.randn(8000, generator=g)
+    codes = torch.randint(0, model.vocab.codebook_size, (model.vocab.num_codebooks, 6), generator=g)
+    return [
+        model.builder.build(templates.audio_to_caption(wav, "a low hum", sample_rate=16000)),
+        model.builder.build(templates.caption_to_audio("two beeps and a thud", codes)),
+    ]
+
+
+class _Step(torch.nn.Module):
+    """What Lightning's strategy wrapper does: the wrapped root's forward is the LitModule's step."""
+
+    def __init__(self, lit):
+        super().__init__()
+        self.lit = lit
+
+    def forward(self, batch):
+        loss, _ = self.lit._global_loss(self.lit._run(batch))
+        return loss
+
+
+def _fsdp_train(step, batch, clip) -> None:
+    """Two AdamW steps: the LitModule's global-batch loss, backward, its clipping route, step."""
+    opt = torch.optim.AdamW([p for p in step.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(STEPS):
+        loss = step(batch)
+        opt.zero_grad()
+        loss.backward()
+        clip(opt)
+        opt.step()
+
+
+def _fsdp_worker(rank: int, world: int, store: str, out: str) -> None:
+    from types import SimpleNamespace
+
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from recipes.distributed import bagpiper_wrap_policy
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    lit = _lit()
+    # rank 0 holds the audio -> caption row, rank 1 a row without audio input
+    batch = pack([_fsdp_rows(lit.model)[rank]], budget=256, pad_ids=lit.model._stream_pads)
+    root = FSDP(
+        _Step(lit), auto_wrap_policy=bagpiper_wrap_policy, use_orig_params=True, device_id=torch.device("cpu")
+    )
+    lit._trainer = SimpleNamespace(world_size=world, strategy=SimpleNamespace(model=root))
+    _fsdp_train(root, batch, lambda opt: lit.configure_gradient_clipping(opt, CLIP, "norm"))
+    units = [type(m.module).__name__ for m in root.modules() if isinstance(m, FSDP) and m is not root]
+    policy = FullStateDictConfig(offload_to_cpu=False, rank0_only=False)  # offload on CPU segfaults
+    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, policy):
+        state = {k.removeprefix("lit.model."): v for k, v in root.state_dict().items()}
+    if rank == 0:
+        torch.save({"state": state, "units": units}, out)
+    dist.destroy_process_group()
+
+
+def test_two_process_fsdp_with_the_recipe_policy_and_clipping_equals_one_process(tmp_path: Path):
+    """FSDP (FULL_SHARD) on CPU over gloo with ``recipes.distributed.bagpiper_wrap_policy``, the
+    LitModule's global-batch loss and its FSDP clipping route (the root's ``clip_grad_norm_``) gives
+    the weights of one process training on both rows with ``clip_grad_norm_``. Only rank 0's row has
+    audio input: without the LitModule's encoder pass on rank 1 the ranks' collectives mismatch.
+    Lightning's FSDPStrategy itself only runs on GPUs; this runs the same torch FSDP underneath."""
+    out = tmp_path / "fsdp.pt"
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_fsdp_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    lit = _lit()
+    model = lit.model
+    batch = pack(_fsdp_rows(model), budget=256, pad_ids=model._stream_pads)
+    params = [p for p in model.parameters() if p.requires_grad]
+    _fsdp_train(_Step(lit), batch, lambda opt: torch.nn.utils.clip_grad_norm_(params, CLIP))
+    fsdp = torch.load(out, weights_only=True)
+    layers = model.backbone.config.num_hidden_layers
+    assert fsdp["units"].count("Qwen3DecoderLayer") == layers
+    assert sum(name.endswith("EncoderLayer") for name in fsdp["units"]) >= 1  # frozen encoder blocks
+    reference = model.state_dict()
+    assert fsdp["state"].keys() == reference.keys()
+    moved = 0
+    initial = _lit().model.state_dict()
+    for key, value in reference.items():
+        torch.testing.assert_close(fsdp["state"][key], value, atol=1e-5, rtol=0, msg=key)
+        moved += not torch.equal(value, initial[key])
+    assert moved > 10  # the comparison is between trained weights, not two copies of the init
