@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,8 @@ class BagpiperLitModule(L.LightningModule):
         """
         encoder = self.model.encoder
         idle = None
-        if encoder is not None and self._world() > 1 and not (getattr(batch, "audio_in", None) or []):
+        audio = batch.get("audio_in") if isinstance(batch, Mapping) else getattr(batch, "audio_in", None)
+        if encoder is not None and self._world() > 1 and not audio:
             device = self.model.embed.weight.device
             samples = torch.tensor([int(encoder.sample_rate)], device=device)
             feats, frames = encoder(torch.zeros(1, int(samples), device=device), samples)
