@@ -209,9 +209,8 @@ def run(size: str = "full") -> list[dict[str, Any]]:
                 model.zero_grad(set_to_none=True)
                 model(b).loss.backward()
 
-        def body_step(
-            batches, model=model
-        ):  # embedding + backbone only, forward + backward of a dummy objective
+        def body_step(batches, model=model):
+            """Embedding + backbone only, forward + backward of a dummy objective."""
             for b in batches:
                 model.zero_grad(set_to_none=True)
                 hidden = model.backbone(model.input_embeddings(b.tokens, b.audio_in), b.position_ids)

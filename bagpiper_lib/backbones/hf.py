@@ -256,7 +256,7 @@ class Backbone(torch.nn.Module):
         if use_cache is False and cache is not None:
             raise ValueError("use_cache=False contradicts the cache that was passed; drop one of them")
         x = self._check_inputs(inputs_embeds, position_ids)
-        packed = self._check_positions(position_ids, cache)
+        packed, filled = self._check_positions(position_ids, cache)
         mask = attention_kwargs.pop("attention_mask", None)
         custom_mask = isinstance(mask, dict) or (mask is not None and mask.dim() != 2)
         if packed and not custom_mask:
@@ -269,7 +269,7 @@ class Backbone(torch.nn.Module):
                 return self._forward_varlen(x, position_ids, mask, attention_kwargs)
             mask = self._packed_mask(x, position_ids, mask)
         if cache is not None and not attention_kwargs and self._can_decode_directly(x, cache, mask):
-            return self._direct_decode(x, position_ids, cache, mask)
+            return self._direct_decode(x, position_ids, cache, mask, filled)
         if cache is not None:  # transformers < 5.x calls it past_key_values
             attention_kwargs[self._cache_kwarg] = cache
         out = self.body(
@@ -321,16 +321,19 @@ class Backbone(torch.nn.Module):
         types = getattr(self.lm.config, "layer_types", None) or ["full_attention"]
         return set(types) == {"full_attention"} and len(layers) == len(self.body.layers)
 
-    def _direct_decode(self, x: torch.Tensor, position_ids: torch.Tensor, cache, mask) -> torch.Tensor:
+    def _direct_decode(
+        self, x: torch.Tensor, position_ids: torch.Tensor, cache, mask, cached: int
+    ) -> torch.Tensor:
         """A decode step through the same modules and math as the transformers body, minus its per-call
         machinery (mask building, output capture, keyword plumbing), which costs most of a small step.
 
         Keys and values go into the static cache exactly as ``StaticLayer.update`` puts them; attention
         reads only the filled prefix, so no mask is needed beyond the optional 2D padding mask
         ``[B, >= past + 1]``. Equality with the transformers path is tested per architecture.
+        ``cached`` is the cache's fill before this step (read once, in :meth:`_check_positions`).
         """
         body = self.body
-        filled = int(cache.layers[0].cumulative_length) + 1  # cached positions after this step
+        filled = cached + 1  # cached positions after this step
         if mask is not None and mask.shape[1] < filled:
             raise ValueError(
                 f"attention_mask covers {mask.shape[1]} positions; a decode step with {filled - 1} cached "
@@ -420,8 +423,9 @@ class Backbone(torch.nn.Module):
             return weight.dtype
         return self.text_embeddings().dtype
 
-    def _check_positions(self, position_ids: torch.Tensor, cache) -> bool:
-        """Validate position values (one host sync) and return whether any row is packed."""
+    def _check_positions(self, position_ids: torch.Tensor, cache) -> tuple[bool, int | None]:
+        """Validate position values (one host sync); return whether any row is packed and how many
+        positions the cache holds (``None`` without a cache)."""
         limit = self.max_position_embeddings
         low, high = torch.aminmax(position_ids)
         if position_ids.shape[1] == 1:  # one position per row (a decode step): nothing can restart
@@ -437,6 +441,7 @@ class Backbone(torch.nn.Module):
                 f"position_ids reach {int(position_ids.max())}, beyond the model's max_position_embeddings={limit} "
                 f"(positions 0..{limit - 1})"
             )
+        filled = None
         if cache is not None:
             capacity = cache.get_max_length() if getattr(cache, "layers", None) else -1  # -1: unbounded
             filled = int(cache.get_seq_length())
@@ -445,7 +450,7 @@ class Backbone(torch.nn.Module):
                     f"KV cache holds {capacity} positions, {filled} are filled; {position_ids.shape[1]} more do "
                     "not fit: allocate_cache(batch, max_len) with a larger max_len"
                 )
-        return bool(packed)
+        return bool(packed), filled
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the causal LM (body + head) as ``config.json`` + safetensors, readable by ``pretrained=``."""

@@ -305,14 +305,14 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
             _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single)
             return
     summed = None  # sum over the group's streams of d loss / d logits (several streams only)
-    for k in streams:
+    for j, k in enumerate(streams):
         head = heads[k]
         on, local = _targets(tokens, mask, heads, k, start, rows)
         if single:
             buf = base
         else:
             buf = scratch.get("a" if summed is None else "b", *base.shape)
-            torch.add(base, biases[streams.index(k)], out=buf)
+            torch.add(base, biases[j], out=buf)
         buf.sub_(buf.amax(-1, keepdim=True))
         picked = buf.gather(1, local[:, None]).squeeze(1)  # target logit minus the row maximum
         total = buf.exp_().sum(-1)
@@ -324,7 +324,7 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
         w = weights[start + rows, k]  # 0 on rows where this stream has no target
         buf.mul_((w / total)[:, None])
         buf[torch.arange(rows.numel(), device=buf.device), local] -= w
-        if head.shift is not None and not single:
+        if head.shift is not None and not single and (id(head.shift) in grads or grad_w is not None):
             _shift_grads(buf.sum(0), head, weight, grads, grad_w)
         if summed is None:
             summed = buf
