@@ -39,6 +39,7 @@ from bagpiper_lib.data.synth.captions import (
     mixture_sentence,
     short_caption,
 )
+from bagpiper_lib.data.synth.level import level_db, set_level
 from bagpiper_lib.data.synth.parsing import parse_caption
 from bagpiper_lib.data.synth.text import text_corpus
 
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 _MODULES = {"music": music, "sound": sound, "speech": voice}
-MIX_GAIN = 0.35  # peak of the quieter part relative to the dominant one
+MIX_GAIN = 0.35  # level of the quieter part relative to the dominant one (-9 dB; see synth.level)
 MIN_DURATION = 0.5
 MAX_PEAK = 0.99
 
@@ -97,7 +98,8 @@ def _one(
         marker = int(rng.integers(len(MIX_MARKERS)))
         caption += " " + mixture_sentence(secondary, marker)
         extra = _MODULES[secondary["category"]].render(secondary, sample_rate, rng)
-        audio = audio + extra * (MIX_GAIN * np.abs(audio).max() / max(np.abs(extra).max(), 1e-9))
+        under = level_db(audio, sample_rate) + 20.0 * math.log10(MIX_GAIN)
+        audio = audio + set_level(extra, under, sample_rate)
         audio *= min(1.0, MAX_PEAK / max(np.abs(audio).max(), 1e-9))  # scale down rather than clip
         params = {
             **params,

@@ -6,10 +6,11 @@ Parameters (``sample_params``) are plain JSON data::
      "dynamics": "soft", "register": "middle", "texture": "melody", "note_count": 8,
      "notes": [[57], [59], ...],          # MIDI numbers, one list per note / chord (chord root first)
      "onsets": [0.05, 0.383, ...],        # seconds
-     "note_duration": 0.333, "tonic_hz": 220.0, "amplitude": 0.25, "duration": 1.5}
+     "note_duration": 0.333, "tonic_hz": 220.0, "level_db": -30.0, "duration": 1.5}
 
 The first note (or the root of the first chord) is always the tonic of the key in the stated register.
-``render`` returns float64 ``[N]`` with peak amplitude ``params["amplitude"]``.
+``render`` returns float64 ``[N]`` at the level ``params["level_db"]`` (its loudest 25 ms RMS in dBFS,
+see ``level.level_db``): soft -30, medium -21, loud -12 dBFS, 9 dB apart whatever the instrument.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 from bagpiper_lib.data.synth.attributes import DYNAMICS, INSTRUMENTS, KEYS, MODES, REGISTERS, TEMPOS, TEXTURES
+from bagpiper_lib.data.synth.level import set_level
 
 __all__ = ["midi_to_hz", "render", "sample_params"]
 
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 KEY_SEMITONES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9}
 REGISTER_OCTAVES = {"low": 3, "middle": 4, "high": 5}
-DYNAMIC_PEAKS = {"soft": 0.25, "medium": 0.5, "loud": 0.85}
+DYNAMIC_LEVELS = {"soft": -30.0, "medium": -21.0, "loud": -12.0}  # dBFS, loudest 25 ms RMS
 START = 0.05  # first onset, seconds
 MAX_NOTES = 16
 RELEASE = 0.01  # fade at each note's end, seconds
@@ -73,7 +75,7 @@ def sample_params(rng: np.random.Generator, duration: float) -> dict:
         "onsets": [round(START + i * note_duration, 4) for i in range(count)],
         "note_duration": round(note_duration, 4),
         "tonic_hz": round(midi_to_hz(tonic), 3),
-        "amplitude": DYNAMIC_PEAKS[dynamics],
+        "level_db": DYNAMIC_LEVELS[dynamics],
         "duration": duration,
     }
 
@@ -147,4 +149,4 @@ def render(params: dict, sample_rate: int, rng: np.random.Generator) -> np.ndarr
             break
         for midi in chord:
             out[start : start + n] += _note(params["instrument"], midi_to_hz(midi), n, sample_rate, rng)
-    return out * (params["amplitude"] / max(np.abs(out).max(), 1e-9))
+    return set_level(out, params["level_db"], sample_rate)

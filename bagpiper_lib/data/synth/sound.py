@@ -4,10 +4,12 @@ Parameters (``sample_params``) are plain JSON data::
 
     {"category": "sound", "events": ["beep", "thud"], "onsets": [0.2, 0.65],
      "event_durations": [0.1, 0.15], "event_count": 2, "background": "hum",
-     "loudness": "loud", "amplitude": 0.8, "duration": 1.5}
+     "loudness": "loud", "level_db": -12.0, "duration": 1.5}
 
 Onsets and durations lie on a 50 ms grid; events start at 0.1 s or later, are separated by at least
-0.1 s of background and end 50 ms or more before the clip does. ``render`` returns float64 ``[N]``.
+0.1 s of background and end 50 ms or more before the clip does. ``render`` returns float64 ``[N]``
+where every event has the level ``params["level_db"]`` (its loudest 25 ms RMS in dBFS, see
+``level.level_db``): quiet -30, moderate -21, loud -12 dBFS, 9 dB apart whatever the event type.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from __future__ import annotations
 import numpy as np
 
 from bagpiper_lib.data.synth.attributes import BACKGROUNDS, EVENT_COUNTS, EVENT_TYPES, LOUDNESS
+from bagpiper_lib.data.synth.level import set_level
 
 __all__ = ["render", "sample_params"]
 
 GRID = 0.05  # seconds per placement unit
 START_UNITS, END_UNITS, GAP_UNITS = 2, 1, 2
 FIXED_UNITS = {"click": 1, "thud": 3}  # other events last 2, 4 or 6 units
-LOUDNESS_PEAKS = {"quiet": 0.2, "moderate": 0.45, "loud": 0.8}
-HUM_PEAK, NOISE_RMS = 0.02, 0.005
+LOUDNESS_LEVELS = {"quiet": -30.0, "moderate": -21.0, "loud": -12.0}  # dBFS, loudest 25 ms RMS
+HUM_PEAK, NOISE_RMS = 0.008, 0.002  # about -47 and -54 dBFS RMS: well under a quiet event (-30)
 FADE = 0.005  # seconds
 
 
@@ -56,7 +59,7 @@ def sample_params(rng: np.random.Generator, duration: float) -> dict:
         "event_count": len(events),
         "background": str(rng.choice(BACKGROUNDS)),
         "loudness": loudness,
-        "amplitude": LOUDNESS_PEAKS[loudness],
+        "level_db": LOUDNESS_LEVELS[loudness],
         "duration": duration,
     }
 
@@ -116,5 +119,5 @@ def render(params: dict, sample_rate: int, rng: np.random.Generator) -> np.ndarr
         start = int(round(onset * sample_rate))
         n = min(int(round(dur * sample_rate)), n_total - start)
         wave = _event(kind, n, sample_rate, rng)
-        out[start : start + n] += params["amplitude"] * wave / max(np.abs(wave).max(), 1e-9)
+        out[start : start + n] += set_level(wave, params["level_db"], sample_rate)
     return out
