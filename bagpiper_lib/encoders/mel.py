@@ -135,13 +135,20 @@ class LogMelSpectrogram(nn.Module):
         return torch.div(lengths, self.hop_length, rounding_mode="floor")
 
     def forward(
-        self, wav: torch.Tensor, lengths: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, wav: torch.Tensor, lengths: torch.Tensor | None = None, *, with_energy: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         """Log-mel features of ``wav [B, N]`` (or ``[N]``) with valid sample counts ``lengths [B]``.
 
         Returns ``feats [B, n_mels, N // hop_length]`` float32 and ``frames [B]`` long. Item ``b``
         equals ``WhisperFeatureExtractor(feature_size=n_mels)`` of ``wav[b, :lengths[b]]`` alone
         (no padding to 30 s) on its ``frames[b]`` frames; later frames are 0.
+
+        ``with_energy=True`` also returns ``energy [B, T]``: each frame's log power on the features'
+        scale. The power is the mean square of the Hann-windowed frame, normalised so that a full-scale
+        sine reads 0.5 (``10 ** (dBFS RMS / 10)`` by Parseval over the one-sided spectrum). It takes
+        ``log10``, the floor ``item_max - 8`` and ``(x + 4) / 4`` as the mel bins do, so a frame at
+        -20 dBFS RMS reads ``(-2 + 4) / 4 = 0.5``. The mel bins alone do not give a frame's loudness
+        linearly: a tone puts its power in one bin, noise spreads it over all of them.
         """
         if not isinstance(wav, torch.Tensor) or wav.dim() not in (1, 2) or not wav.is_floating_point():
             raise ValueError(
@@ -174,13 +181,23 @@ class LogMelSpectrogram(nn.Module):
             padded, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True
         )
         power = stft[..., :-1].abs().pow(2)  # [B, n_freqs, T]: drop the last frame
-        log_spec = torch.matmul(self.filters, power).clamp(min=1e-10).log10()  # [B, n_mels, T]
         frames = self.num_frames(lengths)
-        valid = torch.arange(log_spec.shape[-1], device=wav.device)[None] < frames[:, None]  # [B, T]
-        item_max = log_spec.masked_fill(~valid[:, None], float("-inf")).amax(dim=(1, 2), keepdim=True)
-        log_spec = torch.maximum(log_spec, item_max - 8.0)
-        feats = (log_spec + 4.0) / 4.0
-        return feats * valid[:, None], frames
+        valid = torch.arange(power.shape[-1], device=wav.device)[None] < frames[:, None]  # [B, T]
+        log_spec = torch.matmul(self.filters, power).clamp(min=1e-10).log10()  # [B, n_mels, T]
+        feats = self._scale(log_spec, valid[:, None])
+        if not with_energy:
+            return feats, frames
+        # one-sided Parseval: mean square of the windowed frame = 2 sum|X|^2 / (n_fft sum w^2)
+        norm = 2.0 / (self.n_fft * float(self.window.pow(2).sum()))
+        log_energy = (power.sum(dim=1) * norm).clamp(min=1e-10).log10()  # [B, T]
+        return feats, frames, self._scale(log_energy, valid)
+
+    @staticmethod
+    def _scale(log_power: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Whisper's dynamic range and scaling: floor at the item's max - 8, ``(x + 4) / 4``, 0 past the end."""
+        dims = tuple(range(1, log_power.dim()))
+        item_max = log_power.masked_fill(~valid, float("-inf")).amax(dim=dims, keepdim=True)
+        return (torch.maximum(log_power, item_max - 8.0) + 4.0) / 4.0 * valid
 
     def extra_repr(self) -> str:
         return (
@@ -205,6 +222,10 @@ class MelEncoder(AudioEncoder):
             musical pitch: at 400 the FFT bins are 40 Hz apart, a semitone at 262 Hz is 16 Hz; at 2048
             they are 7.8 Hz apart. The hop stays 160 samples (100 frames per second).
         max_seconds: longest clip accepted (longer audio fails with a clear error).
+        log_energy: append each frame's log power (:meth:`LogMelSpectrogram.forward` ``with_energy``)
+            as one more feature, ``output_dim = n_mels + 1``, as speech front ends add log energy to
+            filterbank or cepstral features. The mel bins give loudness only through their sum, which
+            differs between a tone and noise of the same level.
         trainable: train the affine (default ``True``: it is cheap and starts as the identity).
     """
 
@@ -217,6 +238,7 @@ class MelEncoder(AudioEncoder):
         n_mels: int = 80,
         n_fft: int = 400,
         max_seconds: float = 30.0,
+        log_energy: bool = False,
         trainable: bool = True,
     ):
         super().__init__()
@@ -230,12 +252,14 @@ class MelEncoder(AudioEncoder):
             saved = json.loads((directory / "config.json").read_text())
             n_mels, max_seconds = int(saved["n_mels"]), float(saved["max_seconds"])
             n_fft = int(saved.get("n_fft", 400))
+            log_energy = bool(saved.get("log_energy", False))
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
-        self.scale = nn.Parameter(torch.ones(n_mels))
-        self.shift = nn.Parameter(torch.zeros(n_mels))
-        self.output_dim = n_mels
+        self.log_energy = bool(log_energy)
+        self.output_dim = n_mels + int(self.log_energy)
+        self.scale = nn.Parameter(torch.ones(self.output_dim))
+        self.shift = nn.Parameter(torch.zeros(self.output_dim))
         self.max_seconds = float(max_seconds)
         if pretrained is not None:
             from safetensors.torch import load_file
@@ -253,8 +277,12 @@ class MelEncoder(AudioEncoder):
                 f"audio of {wav.shape[-1]} samples exceeds max_seconds={self.max_seconds:g} "
                 f"({limit} samples at {self.sample_rate} Hz); split it or raise max_seconds"
             )
-        feats, frames = self.mel(wav.float(), lengths)  # [B, n_mels, T]
-        feats = feats.transpose(1, 2) * self.scale + self.shift  # [B, T, n_mels]
+        if self.log_energy:
+            feats, frames, energy = self.mel(wav.float(), lengths, with_energy=True)
+            feats = torch.cat([feats, energy[:, None]], dim=1)  # [B, n_mels + 1, T]
+        else:
+            feats, frames = self.mel(wav.float(), lengths)  # [B, n_mels, T]
+        feats = feats.transpose(1, 2) * self.scale + self.shift  # [B, T, output_dim]
         valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
         return feats.masked_fill(~valid[..., None], 0.0).to(self.scale.dtype), frames
 
@@ -263,7 +291,12 @@ class MelEncoder(AudioEncoder):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"n_mels": self.output_dim, "n_fft": self.mel.n_fft, "max_seconds": self.max_seconds}
+        config = {
+            "n_mels": self.mel.n_mels,
+            "n_fft": self.mel.n_fft,
+            "log_energy": self.log_energy,
+            "max_seconds": self.max_seconds,
+        }
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},

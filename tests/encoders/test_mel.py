@@ -1,5 +1,7 @@
 """The pure-torch log-mel front end against transformers' WhisperFeatureExtractor."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,40 @@ def test_mel_encoder_window_is_configurable_and_saved(tmp_path):
     assert not torch.allclose(feats, MelEncoder(n_mels=64)(wav)[0])  # the 400-sample window differs
     again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
     assert again.mel.n_fft == 1024 and torch.equal(again(wav)[0], feats)
+
+
+def test_frame_energy_reads_the_level_whatever_the_spectrum():
+    """A tone and noise at the same RMS read the same frame energy; each item as if featurised alone."""
+    mel = LogMelSpectrogram(128, n_fft=1024)
+    t = torch.arange(16000) / 16000
+    noise = torch.randn(16000, generator=torch.Generator().manual_seed(3))
+    for rms_db in (-6.0, -30.0):
+        rms = 10 ** (rms_db / 20)
+        tone = rms * math.sqrt(2) * torch.sin(2 * math.pi * 440 * t)
+        hiss = rms * noise / noise.pow(2).mean().sqrt()
+        for wav in (tone, hiss):
+            feats, frames, energy = mel(wav[None], with_energy=True)
+            assert torch.equal(feats, mel(wav[None])[0])  # the mel bins do not change
+            read_db = 10 * (4 * energy[0, 10:90] - 4)  # undo (x + 4) / 4, log10 power -> dB
+            assert read_db.mean().item() == pytest.approx(rms_db, abs=0.1)
+    batch = torch.stack([tone, torch.cat([hiss[:9000], torch.zeros(7000)])])
+    lengths = torch.tensor([16000, 9000])
+    _, frames, energy = mel(batch, lengths, with_energy=True)
+    _, _, alone = mel(hiss[None, :9000], with_energy=True)
+    torch.testing.assert_close(energy[1, : int(frames[1])], alone[0], rtol=0, atol=1e-5)
+    assert energy[1, int(frames[1]) :].abs().sum() == 0
+
+
+def test_mel_encoder_log_energy_feature_is_appended_and_saved(tmp_path):
+    from bagpiper_lib.encoders.mel import MelEncoder
+
+    enc = MelEncoder(n_mels=64, log_energy=True)
+    assert enc.output_dim == 65 and enc.scale.shape == (65,)
+    wav = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(1))
+    feats, _ = enc(wav)
+    mel, _, energy = LogMelSpectrogram(64)(wav, with_energy=True)
+    torch.testing.assert_close(feats, torch.cat([mel, energy[:, None]], 1).transpose(1, 2), rtol=0, atol=0)
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.log_energy and again.output_dim == 65 and torch.equal(again(wav)[0], feats)
+    plain = MelEncoder(MelEncoder(n_mels=64).save_pretrained(tmp_path / "plain"))
+    assert not plain.log_energy and plain.output_dim == 64
