@@ -107,7 +107,7 @@ def test_dotted_overrides_into_component_configs_keep_their_types():
     ]
     cli = main(args, run=False)
     encoder = cli.model.model.encoder
-    assert encoder.output_dim == 96
+    assert encoder.mel.n_mels == 96 and encoder.output_dim == 96 + encoder.log_energy
     demo = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["model"]["backbone"]["config"]
     assert cli.model.hparams["backbone"]["config"] == {
         **demo,
