@@ -108,6 +108,9 @@ class LogMelSpectrogram(nn.Module):
         self.hop_length = hop_length
         self.f_max = float(f_max)
         self.register_buffer("window", self._make_window(), persistent=False)
+        # one-sided Parseval: mean square of the windowed frame = 2 sum|X|^2 / (n_fft sum w^2); a
+        # constant of the window, kept as a float so no forward pays a device-to-host read for it
+        self._energy_norm = 2.0 / (n_fft * float(self.window.pow(2).sum()))
         self.register_buffer("filters", self._make_filters(), persistent=False)
 
     @property
@@ -187,9 +190,7 @@ class LogMelSpectrogram(nn.Module):
         feats = self._scale(log_spec, valid[:, None])
         if not with_energy:
             return feats, frames
-        # one-sided Parseval: mean square of the windowed frame = 2 sum|X|^2 / (n_fft sum w^2)
-        norm = 2.0 / (self.n_fft * float(self.window.pow(2).sum()))
-        log_energy = (power.sum(dim=1) * norm).clamp(min=1e-10).log10()  # [B, T]
+        log_energy = (power.sum(dim=1) * self._energy_norm).clamp(min=1e-10).log10()  # [B, T]
         return feats, frames, self._scale(log_energy, valid)
 
     @staticmethod

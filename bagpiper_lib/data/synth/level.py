@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LEVEL_WINDOW", "MAX_PEAK", "level_db", "set_level"]
+__all__ = ["LEVELS_DB", "LEVEL_WINDOW", "MAX_PEAK", "level_db", "set_level"]
 
 LEVEL_WINDOW = 0.025  # seconds: a short-term window, about one log-mel analysis frame
 MAX_PEAK = 0.99
+# dBFS of the three stated levels, 9 dB apart: sound loudness quiet / moderate / loud and music
+# dynamics soft / medium / loud
+LEVELS_DB = (-30.0, -21.0, -12.0)
 
 
 def _loudest_rms(x: np.ndarray, sample_rate: int) -> float:
-    """Largest RMS over every ``LEVEL_WINDOW`` window of ``x`` (the whole of ``x`` when shorter)."""
+    """Largest RMS over every ``LEVEL_WINDOW`` window of ``x`` (the whole of ``x`` when shorter; 0 when
+    empty)."""
+    if len(x) == 0:
+        return 0.0
     n = max(min(int(round(LEVEL_WINDOW * sample_rate)), len(x)), 1)
     energy = np.concatenate(([0.0], np.cumsum(np.asarray(x, dtype=np.float64) ** 2)))
     return float(np.sqrt(max((energy[n:] - energy[:-n]).max(), 0.0) / n))
@@ -28,8 +34,6 @@ def _loudest_rms(x: np.ndarray, sample_rate: int) -> float:
 
 def level_db(x: np.ndarray, sample_rate: int) -> float:
     """The loudest ``LEVEL_WINDOW`` RMS of ``x`` in dBFS (``-inf`` for silence or empty audio)."""
-    if len(x) == 0:
-        return float("-inf")
     rms = _loudest_rms(x, sample_rate)
     return 20.0 * float(np.log10(rms)) if rms > 0 else float("-inf")
 
@@ -37,7 +41,7 @@ def level_db(x: np.ndarray, sample_rate: int) -> float:
 def set_level(x: np.ndarray, target_db: float, sample_rate: int, max_peak: float = MAX_PEAK) -> np.ndarray:
     """``x`` scaled to the level ``target_db`` dBFS, or less where that would lift the peak past
     ``max_peak`` (the scale is capped instead of clipping). Silence is returned unchanged."""
-    rms = _loudest_rms(x, sample_rate) if len(x) else 0.0
+    rms = _loudest_rms(x, sample_rate)
     if rms <= 0:
         return x
     gain = 10.0 ** (target_db / 20.0) / rms

@@ -18,14 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 from bagpiper_lib.data.synth.attributes import DYNAMICS, INSTRUMENTS, KEYS, MODES, REGISTERS, TEMPOS, TEXTURES
-from bagpiper_lib.data.synth.level import set_level
+from bagpiper_lib.data.synth.level import LEVELS_DB, set_level
 
 __all__ = ["midi_to_hz", "render", "sample_params"]
 
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 KEY_SEMITONES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9}
 REGISTER_OCTAVES = {"low": 3, "middle": 4, "high": 5}
-DYNAMIC_LEVELS = {"soft": -30.0, "medium": -21.0, "loud": -12.0}  # dBFS, loudest 25 ms RMS
+DYNAMIC_LEVELS = dict(zip(DYNAMICS, LEVELS_DB))  # soft -30, medium -21, loud -12 dBFS
 START = 0.05  # first onset, seconds
 MAX_NOTES = 16
 RELEASE = 0.01  # fade at each note's end, seconds

@@ -17,14 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from bagpiper_lib.data.synth.attributes import BACKGROUNDS, EVENT_COUNTS, EVENT_TYPES, LOUDNESS
-from bagpiper_lib.data.synth.level import set_level
+from bagpiper_lib.data.synth.level import LEVELS_DB, set_level
 
 __all__ = ["render", "sample_params"]
 
 GRID = 0.05  # seconds per placement unit
 START_UNITS, END_UNITS, GAP_UNITS = 2, 1, 2
 FIXED_UNITS = {"click": 1, "thud": 3}  # other events last 2, 4 or 6 units
-LOUDNESS_LEVELS = {"quiet": -30.0, "moderate": -21.0, "loud": -12.0}  # dBFS, loudest 25 ms RMS
+LOUDNESS_LEVELS = dict(zip(LOUDNESS, LEVELS_DB))  # quiet -30, moderate -21, loud -12 dBFS
 HUM_PEAK, NOISE_RMS = 0.008, 0.002  # about -47 and -54 dBFS RMS: well under a quiet event (-30)
 FADE = 0.005  # seconds
 
