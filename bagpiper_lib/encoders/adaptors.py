@@ -1,10 +1,13 @@
 """Adaptors: encoder features ``[B, T, D_in]`` -> LLM-sized frames ``[B, T // k, D_out]``.
 
 The adaptor sits between the (usually frozen) audio encoder and the backbone; its outputs replace the
-audio placeholder positions of the token sequence. Two entries:
+audio placeholder positions of the token sequence. Three entries:
 
 * ``mlp`` — ``Linear -> GELU -> Linear`` (the Bagpiper paper).
 * ``linear`` — one ``Linear`` (the ESPnet reference implementation).
+* ``transformer`` — ``Linear``, then pre-norm self-attention blocks over each clip's frames, then
+  ``Linear``: temporal context for encoders that have none (log-mel features, a frozen codec's
+  frames), so the backbone receives frames that already relate onsets, levels and pitches.
 
 Frame stacking (``downsample = k``): ``k`` consecutive frames are concatenated along the feature axis
 before the projection, so the projection sees ``k * input_dim`` features and the frame rate drops by
@@ -31,7 +34,16 @@ from torch import nn
 
 from bagpiper_lib.registry import Registry
 
-__all__ = ["Adaptor", "MLPAdaptor", "LinearAdaptor", "registry", "available", "build", "register"]
+__all__ = [
+    "Adaptor",
+    "MLPAdaptor",
+    "LinearAdaptor",
+    "TransformerAdaptor",
+    "registry",
+    "available",
+    "build",
+    "register",
+]
 
 registry = Registry("adaptor", group="bagpiper_lib.adaptors")
 available = registry.available
@@ -93,8 +105,14 @@ class Adaptor(nn.Module):
         valid = torch.arange(out_frames, device=feats.device)[None, :, None] < out_lengths[:, None, None]
         weight = next(self.proj.parameters())
         stacked = stacked.to(weight.dtype).masked_fill(~valid, 0.0)
-        out = self.proj(stacked).masked_fill(~valid, 0.0)
+        out = self._project(stacked, valid[..., 0]).masked_fill(~valid, 0.0)
         return out, out_lengths
+
+    def _project(self, stacked: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``stacked [B, T', k * input_dim]`` (zero where ``~valid [B, T']``) -> ``[B, T', output_dim]``.
+        Frame-wise by default; a subclass mixing frames must keep each item's valid frames independent
+        of padding."""
+        return self.proj(stacked)
 
     def _check(self, feats: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if not isinstance(feats, torch.Tensor):
@@ -161,3 +179,77 @@ class LinearAdaptor(Adaptor):
     def __init__(self, input_dim: int, output_dim: int, downsample: int = 1):
         super().__init__(input_dim, output_dim, downsample)
         self.proj = nn.Linear(self.stacked_dim, self.output_dim)
+
+
+def _sinusoids(frames: int, dim: int, device, dtype) -> torch.Tensor:
+    """``[frames, dim]`` sine / cosine positions (the Transformer's, base 10000); odd ``dim`` pads a 0."""
+    half = dim // 2
+    inv = torch.exp(-torch.arange(half, device=device, dtype=torch.float32) * (9.210340371976184 / max(half, 1)))
+    angles = torch.arange(frames, device=device, dtype=torch.float32)[:, None] * inv[None]
+    out = torch.cat([angles.sin(), angles.cos(), angles.new_zeros(frames, dim - 2 * half)], dim=1)
+    return out.to(dtype)
+
+
+@register("transformer", presets={"tiny": {"input_dim": 32, "output_dim": 64, "num_layers": 1, "num_heads": 2}})
+class TransformerAdaptor(Adaptor):
+    """``Linear(k * input_dim, hidden_dim)`` + sinusoidal positions, ``num_layers`` pre-norm Transformer
+    blocks (``num_heads`` heads, GELU feed-forward of ``ffn_dim``) attending over each item's valid
+    frames only, ``LayerNorm``, ``Linear(hidden_dim, output_dim)``.
+
+    ``hidden_dim`` defaults to ``output_dim`` and ``ffn_dim`` to ``4 * hidden_dim``. An item's output
+    does not depend on the other items of the batch or on padding. Shapes as for every adaptor:
+    ``[B, T, input_dim] -> [B, T // k, output_dim]``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        hidden_dim: int | None = None,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        ffn_dim: int | None = None,
+        downsample: int = 1,
+        dropout: float = 0.0,
+    ):
+        super().__init__(input_dim, output_dim, downsample)
+        self.hidden_dim = self.output_dim if hidden_dim is None else _positive_int("hidden_dim", hidden_dim)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.num_heads = _positive_int("num_heads", num_heads)
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(f"hidden_dim={self.hidden_dim} must be divisible by num_heads={self.num_heads}")
+        self.ffn_dim = 4 * self.hidden_dim if ffn_dim is None else _positive_int("ffn_dim", ffn_dim)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        self.proj = nn.Linear(self.stacked_dim, self.hidden_dim)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                self.hidden_dim,
+                self.num_heads,
+                self.ffn_dim,
+                float(dropout),
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(self.num_layers)
+        )
+        self.norm = nn.LayerNorm(self.hidden_dim)
+        self.out = nn.Linear(self.hidden_dim, self.output_dim)
+
+    def _project(self, stacked: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = self.proj(stacked)
+        x = x + _sinusoids(x.shape[1], x.shape[2], x.device, x.dtype)
+        # an item without frames attends to its first (zero) frame, so no row of the softmax is empty;
+        # its output is zeroed by the caller
+        pad = ~valid
+        pad[:, 0] &= valid.any(dim=1)
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=pad)
+        return self.out(self.norm(x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, num_layers={self.num_layers}, "
+            f"num_heads={self.num_heads}, ffn_dim={self.ffn_dim}"
+        )

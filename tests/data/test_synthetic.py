@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from bagpiper_lib.data import synthetic
 from bagpiper_lib.data.records import CATEGORIES
 from bagpiper_lib.data.synth.level import level_db, set_level
-from bagpiper_lib.data.synth.music import DYNAMIC_LEVELS, midi_to_hz
+from bagpiper_lib.data.synth import music
+from bagpiper_lib.data.synth.music import DYNAMIC_LEVELS, MAX_NOTES, MIN_TAIL, midi_to_hz
 from bagpiper_lib.data.synth.sound import LOUDNESS_LEVELS
 from bagpiper_lib.data.synth.voice import F0_HZ
 
@@ -272,6 +273,30 @@ def test_music_first_note_is_the_tonic(clean):
         assert midi_to_hz(p["notes"][0][0]) == pytest.approx(p["tonic_hz"], rel=1e-4)
         assert abs(12 * math.log2(peak / p["tonic_hz"])) < 0.25, (p["instrument"], p["register"], peak)
         assert level_db(x, SR) == pytest.approx(p["level_db"], abs=1e-6) or np.abs(x).max() >= 0.989
+
+
+@pytest.mark.parametrize("duration", [0.5, 0.6, 0.65, 1.0, 1.23, 1.5, 3.0, 6.0])
+def test_music_tempo_and_mode_can_be_heard(duration):
+    """Both textures move in eighth notes, with as many onsets as fit while the last sounds
+    ``MIN_TAIL``: two or more from 0.65 s. Every clip of two or more notes (every progression) plays a
+    pitch class of the stated mode that the other mode lacks, and none outside its scale."""
+    scales = {"major": ({0, 2, 4, 5, 7, 9, 11}, {4, 9, 11}), "minor": ({0, 2, 3, 5, 7, 8, 10}, {3, 8, 10})}
+    rng, seen = np.random.default_rng(0), Counter()
+    for _ in range(300):
+        p = music.sample_params(rng, duration)
+        eighth, onsets = 30.0 / p["tempo"], np.array(p["onsets"])
+        assert p["note_duration"] == pytest.approx(eighth, abs=1e-4) and len(onsets) == p["note_count"]
+        assert np.diff(onsets) == pytest.approx(np.full(len(onsets) - 1, eighth), abs=2e-4)
+        assert onsets[-1] <= duration - MIN_TAIL + 1e-6
+        assert p["note_count"] == MAX_NOTES or onsets[-1] + eighth > duration - MIN_TAIL + 1e-6
+        assert p["note_count"] >= (2 if duration >= 0.65 else 1)
+        scale, only_this_mode = scales[p["mode"]]
+        classes = {(m - p["notes"][0][0]) % 12 for chord in p["notes"] for m in chord}
+        assert classes <= scale, p
+        if p["texture"] == "chords" or p["note_count"] >= 2:
+            assert classes & only_this_mode, p
+        seen[p["texture"], p["note_count"] >= 2] += 1
+    assert seen["melody", True] + seen["chords", True] > 0
 
 
 def _f0_autocorrelation(x: np.ndarray) -> float:

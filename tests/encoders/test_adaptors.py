@@ -7,15 +7,15 @@ import torch
 
 from bagpiper_lib import encoders
 from bagpiper_lib.encoders import adaptors
-from bagpiper_lib.encoders.adaptors import Adaptor, LinearAdaptor, MLPAdaptor
+from bagpiper_lib.encoders.adaptors import Adaptor, LinearAdaptor, MLPAdaptor, TransformerAdaptor
 
 
 def _feats(batch: int = 2, frames: int = 7, dim: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, frames, dim, generator=torch.Generator().manual_seed(seed))
 
 
-def test_registry_lists_and_builds_both_entries():
-    assert {"linear", "mlp"} <= set(adaptors.available())
+def test_registry_lists_and_builds_every_entry():
+    assert {"linear", "mlp", "transformer"} <= set(adaptors.available())
     assert encoders.adaptors.registry is adaptors.registry
     mlp = adaptors.build({"name": "mlp", "input_dim": 32, "output_dim": 64, "downsample": 2})
     assert isinstance(mlp, MLPAdaptor) and isinstance(mlp, torch.nn.Module)
@@ -25,9 +25,13 @@ def test_registry_lists_and_builds_both_entries():
     linear = adaptors.build({"name": "linear", "preset": "tiny"})
     assert isinstance(linear, LinearAdaptor) and linear.proj.in_features == linear.input_dim
     assert MLPAdaptor(32, 64, hidden_dim=16).proj[0].out_features == 16
+    tfm = adaptors.build({"name": "transformer", "preset": "tiny", "downsample": 2})
+    assert isinstance(tfm, TransformerAdaptor) and tfm.proj.in_features == 64
+    assert (tfm.hidden_dim, tfm.num_layers, tfm.num_heads, tfm.ffn_dim) == (64, 1, 2, 256)
+    assert len(TransformerAdaptor(32, 64, hidden_dim=32, num_layers=3).layers) == 3
 
 
-@pytest.mark.parametrize("name", ["mlp", "linear"])
+@pytest.mark.parametrize("name", ["mlp", "linear", "transformer"])
 @pytest.mark.parametrize(("k", "frames"), [(1, 7), (2, 7), (2, 8), (3, 7), (4, 4)])
 def test_shapes_and_lengths_follow_floor_rule(name, k, frames):
     adaptor = adaptors.build({"name": name, "input_dim": 32, "output_dim": 48, "downsample": k})
@@ -70,6 +74,42 @@ def test_padded_positions_are_zero_and_padding_content_is_ignored():
     torch.testing.assert_close(out[1:, :2], alone)
 
 
+def test_transformer_mixes_frames_of_one_item_only():
+    """Each output frame sees the whole clip (and where it sits in it), never padding or other items."""
+    torch.manual_seed(0)
+    adaptor = TransformerAdaptor(32, 24, downsample=2, num_layers=2).eval()
+    feats, lengths = _feats(batch=3, frames=10), torch.tensor([10, 7, 4])
+    out, out_lengths = adaptor(feats, lengths)
+    assert out_lengths.tolist() == [5, 3, 2]
+    assert torch.equal(out[1, 3:], torch.zeros_like(out[1, 3:])) and out[1, :3].abs().min() > 0
+    garbage = feats.clone()
+    garbage[1, 7:] = float("nan")
+    garbage[2, 4:] = 1e4
+    torch.testing.assert_close(adaptor(garbage, lengths)[0], out, rtol=0, atol=0)
+    for b, n in enumerate(lengths.tolist()):  # alone and unpadded: the same frames
+        torch.testing.assert_close(adaptor(feats[b : b + 1, :n])[0][0], out[b, : n // 2], rtol=1e-5, atol=1e-6)
+    changed = feats.clone()
+    changed[0, 0] += 1.0  # input frame 0 reaches every output frame of item 0, no other item
+    out_changed = adaptor(changed, lengths)[0]
+    assert (out_changed[0] - out[0]).abs().amax(dim=-1).min() > 1e-4
+    torch.testing.assert_close(out_changed[1:], out[1:], rtol=0, atol=0)
+    # positions matter: the same frames in reverse order are not the reversed output
+    reverse = adaptor(feats[:1].reshape(1, 5, 2, 32).flip(1).reshape(1, 10, 32))[0]
+    assert (reverse.flip(1) - out[:1]).abs().max() > 1e-3
+    mlp = MLPAdaptor(32, 24, downsample=2)
+    torch.testing.assert_close(mlp(changed)[0][0, 1:], mlp(feats)[0][0, 1:], rtol=0, atol=0)
+
+
+def test_transformer_zero_length_item_keeps_gradients_finite():
+    adaptor = TransformerAdaptor(32, 8, downsample=2, num_heads=2)
+    feats = _feats(frames=6).requires_grad_()
+    out, lengths = adaptor(feats, torch.tensor([6, 0]))
+    assert lengths.tolist() == [3, 0] and torch.equal(out[1], torch.zeros_like(out[1]))
+    out.square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in adaptor.parameters())
+    assert torch.isfinite(feats.grad).all() and torch.equal(feats.grad[1], torch.zeros_like(feats.grad[1]))
+
+
 def test_zero_length_item_gives_no_frames():
     out, lengths = LinearAdaptor(32, 8, downsample=2)(_feats(frames=6), torch.tensor([6, 0]))
     assert lengths.tolist() == [3, 0]
@@ -82,7 +122,7 @@ def test_casts_features_to_the_adaptor_dtype():
     assert out.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("name", ["mlp", "linear"])
+@pytest.mark.parametrize("name", ["mlp", "linear", "transformer"])
 def test_loss_falls_when_training_on_a_fixed_target(name):
     torch.manual_seed(0)
     adaptor = adaptors.build({"name": name, "input_dim": 32, "output_dim": 16, "downsample": 2})
@@ -147,10 +187,25 @@ def test_rejects_bad_dims(kwargs):
         adaptors.build(spec)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"hidden_dim": 30, "num_heads": 4}, r"hidden_dim=30 must be divisible by num_heads=4"),
+        ({"num_layers": 0}, r"num_layers must be an integer >= 1"),
+        ({"num_heads": 1.5}, r"num_heads must be an integer >= 1"),
+        ({"ffn_dim": 0}, r"ffn_dim must be an integer >= 1"),
+        ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
+    ],
+)
+def test_transformer_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        adaptors.build({"name": "transformer", "input_dim": 32, "output_dim": 32, **kwargs})
+
+
 def test_unknown_adaptor_names_close_matches():
     with pytest.raises(KeyError, match="Did you mean 'mlp'"):
         adaptors.build({"name": "mpl", "input_dim": 4, "output_dim": 4})
 
 
 def test_adaptor_base_is_shared():
-    assert issubclass(MLPAdaptor, Adaptor) and issubclass(LinearAdaptor, Adaptor)
+    assert all(issubclass(c, Adaptor) for c in (MLPAdaptor, LinearAdaptor, TransformerAdaptor))

@@ -227,3 +227,20 @@ def test_the_same_config_builds_the_same_weights():
     c = BagpiperModel.from_config({**cfg, "seed": 1})
     assert not torch.equal(a.embed.weight, c.embed.weight)
     assert not torch.equal(a.adaptor.state_dict()["proj.0.weight"], c.adaptor.state_dict()["proj.0.weight"])
+
+
+def test_transformer_adaptor_builds_trains_and_round_trips(tmp_path):
+    """The context adaptor is a spec away: sized from the encoder and backbone, its weights saved."""
+    model = BagpiperModel.from_config(tiny_config(adaptor={"name": "transformer", "num_layers": 1, "num_heads": 2}))
+    assert model.adaptor.input_dim == model.encoder.output_dim
+    assert model.adaptor.output_dim == model.backbone.hidden_size
+    batch = pack(samples(model), budget=256, pad_ids=model._stream_pads)
+    model(batch).loss.backward()
+    assert model.adaptor.layers[0].self_attn.in_proj_weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "m")
+    loaded = BagpiperModel.from_pretrained(tmp_path / "m")
+    assert loaded.load_report.clean and type(loaded.adaptor) is type(model.adaptor)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    model.eval(), loaded.eval()
+    assert torch.equal(model(batch).loss, loaded(batch).loss)

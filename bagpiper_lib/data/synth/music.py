@@ -1,4 +1,11 @@
-"""Music clips: a melody (eighth notes) or a chord progression (one triad per beat) on one instrument.
+"""Music clips: a melody or a chord progression on one instrument, one note or triad per eighth note.
+
+Every stated fact can be heard in the clip: both textures move in eighth notes, so the tempo is the
+inter-onset interval (``30 / tempo`` s) whatever the texture, and every clip long enough for two notes
+(0.65 s at 60 BPM) has at least two onsets; the last note may be cut by the clip's end, but sounds for
+at least ``MIN_TAIL``. A melody of two or more notes always plays a scale degree that differs between
+major and minor (the third, sixth or seventh), and a progression starts on the tonic triad, so the mode
+is heard against the tonic (the first note).
 
 Parameters (``sample_params``) are plain JSON data::
 
@@ -27,6 +34,8 @@ KEY_SEMITONES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9}
 REGISTER_OCTAVES = {"low": 3, "middle": 4, "high": 5}
 DYNAMIC_LEVELS = dict(zip(DYNAMICS, LEVELS_DB))  # soft -30, medium -21, loud -12 dBFS
 START = 0.05  # first onset, seconds
+MIN_TAIL = 0.1  # the last note sounds at least this long before the clip ends, seconds
+MODE_STEPS = (2, 5, 6)  # scale steps that differ between major and minor: third, sixth, seventh
 MAX_NOTES = 16
 RELEASE = 0.01  # fade at each note's end, seconds
 
@@ -41,23 +50,31 @@ def _scale_midi(tonic: int, mode: str, degree: int) -> int:
     return tonic + 12 * octave + SCALES[mode][step]
 
 
+def _melody_degrees(rng: np.random.Generator, count: int) -> list[int]:
+    """A random walk of ``count`` scale degrees in 0..7 from the tonic, steps of one or two degrees
+    (reflected at the ends, so no note repeats), redrawn until it plays a ``MODE_STEPS`` degree when it
+    has two or more notes (a one-step walk does so half the time)."""
+    while True:
+        degrees = [0]
+        for _ in range(count - 1):
+            step = int(rng.choice((-2, -1, 1, 2)))
+            nxt = degrees[-1] + step
+            degrees.append(nxt if 0 <= nxt <= 7 else degrees[-1] - step)
+        if count < 2 or any(d % 7 in MODE_STEPS for d in degrees):
+            return degrees
+
+
 def sample_params(rng: np.random.Generator, duration: float) -> dict:
     """Draw one music clip's parameters for a clip of ``duration`` seconds."""
     key, mode = str(rng.choice(KEYS)), str(rng.choice(MODES))
     tempo = int(rng.choice(TEMPOS))
     instrument, dynamics = str(rng.choice(INSTRUMENTS)), str(rng.choice(DYNAMICS))
     register, texture = str(rng.choice(REGISTERS)), str(rng.choice(TEXTURES))
-    beat = 60.0 / tempo
-    note_duration = beat / 2 if texture == "melody" else beat
-    count = int(np.clip(np.floor((duration - 2 * START) / note_duration + 1e-9), 1, MAX_NOTES))
+    note_duration = 30.0 / tempo  # an eighth note
+    count = int(np.clip(np.floor((duration - START - MIN_TAIL) / note_duration + 1e-9) + 1, 1, MAX_NOTES))
     tonic = 12 * (REGISTER_OCTAVES[register] + 1) + KEY_SEMITONES[key]
-    if texture == "melody":  # random walk over scale degrees 0..7 without repeated notes
-        degrees = [0]
-        for _ in range(count - 1):
-            step = int(rng.choice((-2, -1, 1, 2)))
-            nxt = degrees[-1] + step
-            degrees.append(nxt if 0 <= nxt <= 7 else degrees[-1] - step)
-        notes = [[_scale_midi(tonic, mode, d)] for d in degrees]
+    if texture == "melody":
+        notes = [[_scale_midi(tonic, mode, d)] for d in _melody_degrees(rng, count)]
     else:  # I then diatonic chords on degrees I, IV, V, vi (i, iv, v, VI in minor)
         roots = [0] + [int(rng.choice((0, 3, 4, 5))) for _ in range(count - 1)]
         notes = [[_scale_midi(tonic, mode, r + k) for k in (0, 2, 4)] for r in roots]
