@@ -184,13 +184,17 @@ class LinearAdaptor(Adaptor):
 def _sinusoids(frames: int, dim: int, device, dtype) -> torch.Tensor:
     """``[frames, dim]`` sine / cosine positions (the Transformer's, base 10000); odd ``dim`` pads a 0."""
     half = dim // 2
-    inv = torch.exp(-torch.arange(half, device=device, dtype=torch.float32) * (9.210340371976184 / max(half, 1)))
+    inv = torch.exp(
+        -torch.arange(half, device=device, dtype=torch.float32) * (9.210340371976184 / max(half, 1))
+    )
     angles = torch.arange(frames, device=device, dtype=torch.float32)[:, None] * inv[None]
     out = torch.cat([angles.sin(), angles.cos(), angles.new_zeros(frames, dim - 2 * half)], dim=1)
     return out.to(dtype)
 
 
-@register("transformer", presets={"tiny": {"input_dim": 32, "output_dim": 64, "num_layers": 1, "num_heads": 2}})
+@register(
+    "transformer", presets={"tiny": {"input_dim": 32, "output_dim": 64, "num_layers": 1, "num_heads": 2}}
+)
 class TransformerAdaptor(Adaptor):
     """``Linear(k * input_dim, hidden_dim)`` + sinusoidal positions, ``num_layers`` pre-norm Transformer
     blocks (``num_heads`` heads, GELU feed-forward of ``ffn_dim``) attending over each item's valid

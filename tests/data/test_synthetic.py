@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from bagpiper_lib.data import synthetic
 from bagpiper_lib.data.records import CATEGORIES
-from bagpiper_lib.data.synth.level import level_db, set_level
 from bagpiper_lib.data.synth import music
+from bagpiper_lib.data.synth.level import level_db, set_level
 from bagpiper_lib.data.synth.music import DYNAMIC_LEVELS, MAX_NOTES, MIN_TAIL, midi_to_hz
 from bagpiper_lib.data.synth.sound import LOUDNESS_LEVELS
 from bagpiper_lib.data.synth.voice import F0_HZ

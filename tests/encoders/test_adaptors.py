@@ -87,7 +87,9 @@ def test_transformer_mixes_frames_of_one_item_only():
     garbage[2, 4:] = 1e4
     torch.testing.assert_close(adaptor(garbage, lengths)[0], out, rtol=0, atol=0)
     for b, n in enumerate(lengths.tolist()):  # alone and unpadded: the same frames
-        torch.testing.assert_close(adaptor(feats[b : b + 1, :n])[0][0], out[b, : n // 2], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            adaptor(feats[b : b + 1, :n])[0][0], out[b, : n // 2], rtol=1e-5, atol=1e-6
+        )
     changed = feats.clone()
     changed[0, 0] += 1.0  # input frame 0 reaches every output frame of item 0, no other item
     out_changed = adaptor(changed, lengths)[0]

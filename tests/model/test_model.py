@@ -231,7 +231,9 @@ def test_the_same_config_builds_the_same_weights():
 
 def test_transformer_adaptor_builds_trains_and_round_trips(tmp_path):
     """The context adaptor is a spec away: sized from the encoder and backbone, its weights saved."""
-    model = BagpiperModel.from_config(tiny_config(adaptor={"name": "transformer", "num_layers": 1, "num_heads": 2}))
+    model = BagpiperModel.from_config(
+        tiny_config(adaptor={"name": "transformer", "num_layers": 1, "num_heads": 2})
+    )
     assert model.adaptor.input_dim == model.encoder.output_dim
     assert model.adaptor.output_dim == model.backbone.hidden_size
     batch = pack(samples(model), budget=256, pad_ids=model._stream_pads)
