@@ -38,6 +38,7 @@ from bagpiper_lib.utils import seeded
 
 __all__ = [
     "AudioCodec",
+    "bandwidth_for_codebooks",
     "conv_context_frames",
     "import_optional",
     "load_state",
@@ -219,6 +220,31 @@ class AudioCodec(nn.Module, abc.ABC):
             f"sample_rate={self.sample_rate}, frame_rate={self.frame_rate:g}, "
             f"num_codebooks={self.num_codebooks}, codebook_size={self.codebook_size}"
         )
+
+
+def bandwidth_for_codebooks(codec: str, bandwidths, codebooks_at, bandwidth, num_codebooks):
+    """The bandwidth (kbps) a residual codec runs at when it is chosen by codebook count instead.
+
+    ``bandwidth`` passes through when ``num_codebooks`` is ``None``; otherwise it must be ``None`` and the
+    result is the lowest of ``bandwidths`` at which ``codebooks_at(kbps)`` codebooks equal
+    ``num_codebooks``. Every codec thus takes ``num_codebooks`` (its first K residual levels), so a
+    config that sets it keeps working when a sweep swaps the codec.
+    """
+    if num_codebooks is None:
+        return bandwidth
+    if bandwidth is not None:
+        raise ValueError(
+            f"{codec}: give bandwidth or num_codebooks, not both (got bandwidth={bandwidth!r}, "
+            f"num_codebooks={num_codebooks!r})"
+        )
+    counts = {float(b): int(codebooks_at(float(b))) for b in bandwidths}
+    for kbps in sorted(counts):
+        if counts[kbps] == num_codebooks and not isinstance(num_codebooks, bool):
+            return kbps
+    raise ValueError(
+        f"{codec}: num_codebooks={num_codebooks!r} matches none of its bandwidths; choose one of "
+        f"{sorted(set(counts.values()))} codebooks ({', '.join(f'{k} at {b} kbps' for b, k in sorted(counts.items()))})"
+    )
 
 
 def conv_context_frames(encoder: nn.Module, hop_length: int) -> int:

@@ -29,6 +29,7 @@ import torch
 
 from bagpiper_lib.codecs.base import (
     AudioCodec,
+    bandwidth_for_codebooks,
     import_optional,
     load_state,
     load_strict,
@@ -69,6 +70,8 @@ class EnCodec(AudioCodec):
         pretrained: our saved directory, an original ``.th`` checkpoint, or a directory holding one.
         model: ``"24khz"`` or ``"48khz"`` (inferred from a ``.th`` file name when it names one).
         bandwidth: kbps, one of the model's target bandwidths; default the largest.
+        num_codebooks: instead of ``bandwidth``, the number of residual codebooks (24 kHz: 2, 4, 8, 16
+            or 32 for 1.5 / 3 / 6 / 12 / 24 kbps).
         config: SEANet keyword arguments (``n_filters``, ``dimension``, ``lstm``, ``ratios``, ...)
             for a random-init model; ignored when ``pretrained`` is given.
         decode_rms: loudness of decoded audio for models that normalise their input (48 kHz).
@@ -83,6 +86,7 @@ class EnCodec(AudioCodec):
         config: dict[str, Any] | None = None,
         decode_rms: float = 0.1,
         seed: int = 0,
+        num_codebooks: int | None = None,
     ):
         super().__init__()
         import_optional("encodec", "encodec")
@@ -100,6 +104,14 @@ class EnCodec(AudioCodec):
         if state is not None:
             load_strict(self.model, state, source)
         bandwidths = [float(b) for b in self.model.target_bandwidths]
+        rate = self.model.frame_rate
+        bandwidth = bandwidth_for_codebooks(
+            f"EnCodec {model}",
+            bandwidths,
+            lambda kbps: self.model.quantizer.get_num_quantizers_for_bandwidth(rate, kbps),
+            bandwidth,
+            num_codebooks,
+        )
         self.bandwidth = float(bandwidths[-1] if bandwidth is None else bandwidth)
         if self.bandwidth not in bandwidths:
             raise ValueError(

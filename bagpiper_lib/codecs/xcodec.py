@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bagpiper_lib.codecs.base import AudioCodec, seeded
+from bagpiper_lib.codecs.base import AudioCodec, bandwidth_for_codebooks, seeded
 
 __all__ = ["XCodec", "TINY_CONFIG"]
 
@@ -51,6 +51,8 @@ class XCodec(AudioCodec):
             (hub ids need network access or the local HF cache).
         config: ``XcodecConfig`` keyword arguments for a random-init model (ignored with ``pretrained``).
         bandwidth: kbps; one of the model's ``target_bandwidths``; default the largest (4.0 -> 8 codebooks).
+        num_codebooks: instead of ``bandwidth``, the number of residual codebooks (1, 2, 3, 4 or 8 for
+            the reference bandwidths 0.5 / 1 / 1.5 / 2 / 4 kbps).
         seed: RNG seed for random init, so a preset builds the same weights every time.
         local_files_only: passed to ``from_pretrained``; default ``True`` so nothing is downloaded
             unless asked for.
@@ -65,6 +67,7 @@ class XCodec(AudioCodec):
         bandwidth: float | None = None,
         seed: int = 0,
         local_files_only: bool = True,
+        num_codebooks: int | None = None,
     ):
         super().__init__()
         from transformers import XcodecConfig, XcodecModel
@@ -83,6 +86,10 @@ class XCodec(AudioCodec):
                 _randomize_codebooks(self.model)
         cfg = self.model.config
         bandwidths = [float(b) for b in cfg.target_bandwidths]
+        quantizer = self.model.quantizer
+        bandwidth = bandwidth_for_codebooks(
+            "X-Codec", bandwidths, quantizer.get_num_quantizers_for_bandwidth, bandwidth, num_codebooks
+        )
         self.bandwidth = float(bandwidths[-1] if bandwidth is None else bandwidth)
         if self.bandwidth not in bandwidths:
             raise ValueError(

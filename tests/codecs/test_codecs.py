@@ -199,6 +199,18 @@ def test_unknown_codec_name_suggests_close_matches():
             r"bandwidth 5.0 kbps .* \[1.5, 3.0, 6.0, 12.0, 24.0\]",
         ),
         ({"name": "dac", "preset": "tiny", "num_codebooks": 5}, r"num_codebooks must be in \[1, 4\]"),
+        (
+            {"name": "xcodec", "preset": "tiny", "num_codebooks": 5},
+            r"X-Codec: num_codebooks=5 .* \[1, 2, 3, 4, 8\] codebooks \(1 at 0.5 kbps",
+        ),
+        (
+            {"name": "encodec", "preset": "tiny", "num_codebooks": 3},
+            r"EnCodec 24khz: num_codebooks=3 .* \[2, 4, 8, 16, 32\] codebooks",
+        ),
+        (
+            {"name": "xcodec", "preset": "tiny", "num_codebooks": 2, "bandwidth": 1.0},
+            r"X-Codec: give bandwidth or num_codebooks, not both",
+        ),
         ({"name": "encodec", "preset": "tiny", "model": "32khz"}, "model must be one of"),
         ({"name": "dac", "preset": "tiny", "model": "8khz"}, "model must be one of"),
     ],
@@ -217,6 +229,19 @@ def test_bandwidth_selects_codebooks(name, bandwidth, k):
     full = codecs.build({"name": name, "preset": "tiny"})
     # Residual quantisation: the first codebooks do not depend on how many follow.
     assert torch.equal(full.encode(noise(1, 3 * codec.hop_length))[0][:, :k], codes)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_codec_takes_num_codebooks_as_its_first_residual_levels(name):
+    """``num_codebooks`` means the same for every codec, so a config setting it survives a codec swap."""
+    codec = codecs.build({"name": name, "preset": "tiny", "num_codebooks": 2})
+    full = codecs.build({"name": name, "preset": "tiny"})
+    wav = noise(2, 4 * codec.hop_length)
+    codes, _ = codec.encode(wav)
+    assert codec.num_codebooks == 2 and codes.shape[1] == 2
+    assert torch.equal(full.encode(wav)[0][:, :2], codes)
+    if name != "dac":  # the bandwidth that gives two codebooks
+        assert codec.bandwidth == {"xcodec": 1.0, "encodec": 1.5}[name]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,6 +10,7 @@ import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from bagpiper_lib import codecs
 from recipes import sweep
 from recipes.bagpiper import main
 from recipes.data import BagpiperDataModule
@@ -87,7 +88,8 @@ def test_every_overlay_parses_on_a_stage(overlay):
 
 def test_dotted_override_and_unknown_key():
     cfg = parse("demo.yaml", extra=("--model.codec.name=dac",))
-    assert cfg.model.codec == {"name": "dac", "preset": "tiny"}
+    assert cfg.model.codec == {"name": "dac", "preset": "tiny", "num_codebooks": 2}
+    assert codecs.build(dict(cfg.model.codec)).num_codebooks == 2
     with pytest.raises(SystemExit):
         parse("demo.yaml", extra=("--model.codek.name=dac",))
 
