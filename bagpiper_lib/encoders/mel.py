@@ -28,7 +28,7 @@ from torch import nn
 
 from bagpiper_lib.encoders.base import AudioEncoder
 
-__all__ = ["LogMelSpectrogram", "MelEncoder", "mel_filter_bank"]
+__all__ = ["LogMelSpectrogram", "MelEncoder", "mel_filter_bank", "onset_strength"]
 
 
 def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -207,6 +207,20 @@ class LogMelSpectrogram(nn.Module):
         )
 
 
+def onset_strength(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Spectral flux ``[B, T]`` of log-mel ``feats [B, n_mels, T]`` with ``frames [B]`` valid frames.
+
+    Frame ``t`` holds the mean over bins of ``max(0, feats[:, t] - feats[:, t - 1])``: how much the
+    spectrum rose since the previous frame, on the features' scale (1 = 40 dB). Frame 0 and frames past
+    an item's end are 0. On log features it does not depend on the clip's gain (above the floor), and
+    a sustained or decaying note adds nothing after its attack.
+    """
+    rise = (feats[..., 1:] - feats[..., :-1]).clamp(min=0.0).mean(dim=1)  # [B, T - 1]
+    flux = torch.nn.functional.pad(rise, (1, 0))
+    valid = torch.arange(flux.shape[-1], device=flux.device)[None] < frames[:, None]
+    return flux * valid
+
+
 class MelEncoder(AudioEncoder):
     """Log-mel frames as the audio features, with a learnable per-bin affine (``scale * x + shift``).
 
@@ -227,6 +241,10 @@ class MelEncoder(AudioEncoder):
             as one more feature, ``output_dim = n_mels + 1``, as speech front ends add log energy to
             filterbank or cepstral features. The mel bins give loudness only through their sum, which
             differs between a tone and noise of the same level.
+        onset_strength: append each frame's spectral flux (:func:`onset_strength`: the mean rise of the
+            log-mel bins since the previous frame) as one more feature after the log energy. Note
+            onsets become single-frame peaks whatever the level, so averaging the feature over a clip
+            counts onsets per second: the tempo of an eighth-note pulse.
         trainable: train the affine (default ``True``: it is cheap and starts as the identity).
     """
 
@@ -240,6 +258,7 @@ class MelEncoder(AudioEncoder):
         n_fft: int = 400,
         max_seconds: float = 30.0,
         log_energy: bool = False,
+        onset_strength: bool = False,
         trainable: bool = True,
     ):
         super().__init__()
@@ -254,11 +273,12 @@ class MelEncoder(AudioEncoder):
             n_mels, max_seconds = int(saved["n_mels"]), float(saved["max_seconds"])
             n_fft = int(saved.get("n_fft", 400))
             log_energy = bool(saved.get("log_energy", False))
+            onset_strength = bool(saved.get("onset_strength", False))
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
-        self.log_energy = bool(log_energy)
-        self.output_dim = n_mels + int(self.log_energy)
+        self.log_energy, self.onset_strength = bool(log_energy), bool(onset_strength)
+        self.output_dim = n_mels + int(self.log_energy) + int(self.onset_strength)
         self.scale = nn.Parameter(torch.ones(self.output_dim))
         self.shift = nn.Parameter(torch.zeros(self.output_dim))
         self.max_seconds = float(max_seconds)
@@ -278,11 +298,11 @@ class MelEncoder(AudioEncoder):
                 f"audio of {wav.shape[-1]} samples exceeds max_seconds={self.max_seconds:g} "
                 f"({limit} samples at {self.sample_rate} Hz); split it or raise max_seconds"
             )
-        if self.log_energy:
-            feats, frames, energy = self.mel(wav.float(), lengths, with_energy=True)
-            feats = torch.cat([feats, energy[:, None]], dim=1)  # [B, n_mels + 1, T]
-        else:
-            feats, frames = self.mel(wav.float(), lengths)  # [B, n_mels, T]
+        feats, frames, *energy = self.mel(wav.float(), lengths, with_energy=self.log_energy)
+        extra = [energy[0][:, None]] if self.log_energy else []
+        if self.onset_strength:
+            extra.append(onset_strength(feats, frames)[:, None])
+        feats = torch.cat([feats, *extra], dim=1)  # [B, output_dim, T]
         feats = feats.transpose(1, 2) * self.scale + self.shift  # [B, T, output_dim]
         valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
         return feats.masked_fill(~valid[..., None], 0.0).to(self.scale.dtype), frames
@@ -296,6 +316,7 @@ class MelEncoder(AudioEncoder):
             "n_mels": self.mel.n_mels,
             "n_fft": self.mel.n_fft,
             "log_energy": self.log_energy,
+            "onset_strength": self.onset_strength,
             "max_seconds": self.max_seconds,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))

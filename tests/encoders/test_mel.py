@@ -199,3 +199,55 @@ def test_mel_encoder_log_energy_feature_is_appended_and_saved(tmp_path):
     assert again.log_energy and again.output_dim == 65 and torch.equal(again(wav)[0], feats)
     plain = MelEncoder(MelEncoder(n_mels=64).save_pretrained(tmp_path / "plain"))
     assert not plain.log_energy and plain.output_dim == 64
+
+
+def _tone_bursts(period: float, gain: float = 0.3, seconds: float = 2.0) -> torch.Tensor:
+    """Piano-like notes (5 ms attack, exponential decay) every ``period`` s, alternating two pitches."""
+    n, note = int(seconds * SR), int(period * SR)
+    t = torch.arange(note) / SR
+    envelope = torch.clamp(t / 0.005, max=1.0) * torch.exp(-6.0 * t)
+    wav = torch.zeros(n)
+    for i, start in enumerate(range(int(0.1 * SR), n - note + 1, note)):
+        freq = (330.0, 440.0)[i % 2]
+        wav[start : start + note] = gain * envelope * torch.sin(2 * math.pi * freq * t)
+    return wav
+
+
+def test_onset_strength_peaks_at_onsets_counts_them_and_ignores_gain():
+    from bagpiper_lib.encoders.mel import onset_strength
+
+    mel = LogMelSpectrogram(128, n_fft=1024)
+    feats, frames = mel(_tone_bursts(0.25)[None])
+    flux = onset_strength(feats, frames)[0]
+    assert flux.shape == (int(frames[0]),) and flux[0] == 0 and (flux >= 0).all()
+    peaks = [int(flux[t - 3 : t + 4].argmax()) + t - 3 for t in range(10, 190, 25)]  # onsets every 25 frames
+    assert all(abs(p - t) <= 2 for p, t in zip(peaks, range(10, 190, 25))), peaks
+    between = torch.cat([flux[t + 5 : t + 20] for t in range(10, 170, 25)])
+    assert between.max() < 0.2 * flux[peaks].min()  # a decaying note adds nothing after its attack
+    # the clip's sum counts onsets: 7 notes (0.25 s apart) against 3 (0.5 s apart) in 2 s
+    slow = onset_strength(*mel(_tone_bursts(0.5)[None]))[0]
+    assert (flux.sum() / 7) / (slow.sum() / 3) == pytest.approx(1.0, rel=0.25)
+    assert flux.mean() > 2 * slow.mean()
+    # log features: 12 dB quieter reads the same
+    quiet = onset_strength(*mel(_tone_bursts(0.25, gain=0.075)[None]))[0]
+    torch.testing.assert_close(quiet, flux, rtol=0, atol=1e-4)
+
+
+def test_mel_encoder_onset_feature_is_appended_padded_and_saved(tmp_path):
+    from bagpiper_lib.encoders.mel import MelEncoder, onset_strength
+
+    enc = MelEncoder(n_mels=64, log_energy=True, onset_strength=True)
+    assert enc.output_dim == 66 and enc.scale.shape == (66,)
+    wav = _tone_bursts(0.3)[None]
+    feats, _ = enc(wav)
+    mel, frames, energy = LogMelSpectrogram(64)(wav, with_energy=True)
+    expected = torch.cat([mel, energy[:, None], onset_strength(mel, frames)[:, None]], 1).transpose(1, 2)
+    torch.testing.assert_close(feats, expected, rtol=0, atol=0)
+    batch = torch.stack([wav[0], torch.cat([wav[0, :20000], torch.zeros(12000)])])
+    padded, lengths = enc(batch, torch.tensor([32000, 20000]))
+    alone, _ = enc(wav[:, :20000])
+    torch.testing.assert_close(padded[1, : int(lengths[1])], alone[0], rtol=0, atol=1e-5)
+    assert padded[1, int(lengths[1]) :].abs().sum() == 0
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.onset_strength and again.output_dim == 66 and torch.equal(again(wav)[0], feats)
+    assert MelEncoder(n_mels=64, onset_strength=True).output_dim == 65
