@@ -21,6 +21,12 @@ A trailing partial group is dropped, for the tensor and for every item: ``T_out 
 error rather than a silent drop. Output frames at padded positions (``t >= lengths_out[b]``) are
 exactly zero.
 
+Clip statistics (``global_stats=True``, any adaptor): each stacked frame is concatenated with the mean
+and the maximum of its clip's stacked frames (valid frames only) before the projection, as ECAPA-TDNN
+appends global statistics to its frames. A clip-level property that sits in a few frames (the level of
+a short sound event: its loudest frame) then reaches every frame, where the backbone's attention, an
+average, would otherwise dilute it.
+
 Registry: ``build({"name": "mlp", "input_dim": 32, "output_dim": 64, "downsample": 2})``; plugins
 register through the entry-point group ``bagpiper_lib.adaptors``.
 """
@@ -72,20 +78,24 @@ class Adaptor(nn.Module):
         input_dim: feature size ``D_in`` of the encoder output.
         output_dim: feature size ``D_out`` of the result (the backbone's hidden size).
         downsample: ``k``, frames stacked into one output frame (1 = no stacking).
+        global_stats: concatenate the clip's mean and max stacked frame to every stacked frame.
     """
 
     proj: nn.Module
 
-    def __init__(self, input_dim: int, output_dim: int, downsample: int = 1):
+    def __init__(self, input_dim: int, output_dim: int, downsample: int = 1, global_stats: bool = False):
         super().__init__()
         self.input_dim = _positive_int("input_dim", input_dim)
         self.output_dim = _positive_int("output_dim", output_dim)
         self.downsample = _positive_int("downsample", downsample)
+        if not isinstance(global_stats, bool):
+            raise ValueError(f"global_stats must be true or false, got {global_stats!r}")
+        self.global_stats = global_stats
 
     @property
     def stacked_dim(self) -> int:
-        """Input size of the projection: ``downsample * input_dim``."""
-        return self.downsample * self.input_dim
+        """Input size of the projection: ``downsample * input_dim``, three times that with ``global_stats``."""
+        return self.downsample * self.input_dim * (3 if self.global_stats else 1)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Valid output frames ``[B]`` for valid input frames ``lengths [B]``: ``lengths // downsample``."""
@@ -105,6 +115,10 @@ class Adaptor(nn.Module):
         valid = torch.arange(out_frames, device=feats.device)[None, :, None] < out_lengths[:, None, None]
         weight = next(self.proj.parameters())
         stacked = stacked.to(weight.dtype).masked_fill(~valid, 0.0)
+        if self.global_stats:
+            stacked = torch.cat([stacked, *_clip_stats(stacked, valid, out_lengths)], dim=-1).masked_fill(
+                ~valid, 0.0
+            )
         out = self._project(stacked, valid[..., 0]).masked_fill(~valid, 0.0)
         return out, out_lengths
 
@@ -149,7 +163,22 @@ class Adaptor(nn.Module):
         return lengths
 
     def extra_repr(self) -> str:
-        return f"input_dim={self.input_dim}, output_dim={self.output_dim}, downsample={self.downsample}"
+        stats = ", global_stats=True" if self.global_stats else ""
+        return (
+            f"input_dim={self.input_dim}, output_dim={self.output_dim}, downsample={self.downsample}{stats}"
+        )
+
+
+def _clip_stats(
+    stacked: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Mean and max over each item's valid frames of ``stacked [B, T', D]``, broadcast to ``[B, T', D]``
+    (zero for an item without frames)."""
+    count = lengths.clamp(min=1).to(stacked.dtype)[:, None, None]
+    mean = stacked.sum(dim=1, keepdim=True) / count  # padding is already zero
+    peak = stacked.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)
+    peak = peak.masked_fill((lengths == 0)[:, None, None], 0.0)
+    return mean.expand_as(stacked), peak.expand_as(stacked)
 
 
 @register("mlp", presets={"tiny": {"input_dim": 32, "output_dim": 64}})
@@ -159,8 +188,15 @@ class MLPAdaptor(Adaptor):
     ``hidden_dim`` defaults to ``output_dim``. Shapes: ``[B, T, input_dim] -> [B, T // k, output_dim]``.
     """
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None, downsample: int = 1):
-        super().__init__(input_dim, output_dim, downsample)
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        hidden_dim: int | None = None,
+        downsample: int = 1,
+        global_stats: bool = False,
+    ):
+        super().__init__(input_dim, output_dim, downsample, global_stats)
         self.hidden_dim = self.output_dim if hidden_dim is None else _positive_int("hidden_dim", hidden_dim)
         self.proj = nn.Sequential(
             nn.Linear(self.stacked_dim, self.hidden_dim),
@@ -176,8 +212,8 @@ class MLPAdaptor(Adaptor):
 class LinearAdaptor(Adaptor):
     """``Linear(k * input_dim, output_dim)`` (the ESPnet reference). ``[B, T, input_dim] -> [B, T // k, output_dim]``."""
 
-    def __init__(self, input_dim: int, output_dim: int, downsample: int = 1):
-        super().__init__(input_dim, output_dim, downsample)
+    def __init__(self, input_dim: int, output_dim: int, downsample: int = 1, global_stats: bool = False):
+        super().__init__(input_dim, output_dim, downsample, global_stats)
         self.proj = nn.Linear(self.stacked_dim, self.output_dim)
 
 
@@ -215,8 +251,9 @@ class TransformerAdaptor(Adaptor):
         ffn_dim: int | None = None,
         downsample: int = 1,
         dropout: float = 0.0,
+        global_stats: bool = False,
     ):
-        super().__init__(input_dim, output_dim, downsample)
+        super().__init__(input_dim, output_dim, downsample, global_stats)
         self.hidden_dim = self.output_dim if hidden_dim is None else _positive_int("hidden_dim", hidden_dim)
         self.num_layers = _positive_int("num_layers", num_layers)
         self.num_heads = _positive_int("num_heads", num_heads)

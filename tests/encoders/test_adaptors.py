@@ -112,6 +112,35 @@ def test_transformer_zero_length_item_keeps_gradients_finite():
     assert torch.isfinite(feats.grad).all() and torch.equal(feats.grad[1], torch.zeros_like(feats.grad[1]))
 
 
+@pytest.mark.parametrize("name", ["mlp", "linear", "transformer"])
+def test_global_stats_append_the_clip_mean_and_max_of_valid_frames_only(name):
+    torch.manual_seed(0)
+    spec = {"name": name, "input_dim": 32, "output_dim": 16, "downsample": 2, "global_stats": True}
+    adaptor = adaptors.build(spec).eval()
+    assert adaptor.global_stats and adaptor.stacked_dim == 3 * 64
+    feats, lengths = _feats(batch=3, frames=10), torch.tensor([10, 6, 0])
+    out, out_lengths = adaptor(feats, lengths)
+    assert out_lengths.tolist() == [5, 3, 0] and torch.equal(out[2], torch.zeros_like(out[2]))
+    assert torch.equal(out[1, 3:], torch.zeros_like(out[1, 3:]))
+    garbage = feats.clone()
+    garbage[1, 6:] = 1e4  # padding never reaches the statistics
+    torch.testing.assert_close(adaptor(garbage, lengths)[0], out, rtol=0, atol=0)
+    torch.testing.assert_close(adaptor(feats[1:2, :6])[0][0], out[1, :3], rtol=1e-5, atol=1e-6)
+    if name != "transformer":  # what the projection sees, by hand
+        stacked = feats[1, :6].reshape(3, 64)
+        by_hand = torch.cat([stacked, stacked.mean(0).expand(3, -1), stacked.amax(0).expand(3, -1)], dim=-1)
+        torch.testing.assert_close(out[1, :3], adaptor.proj(by_hand), rtol=1e-5, atol=1e-6)
+    # one loud frame reaches every output frame
+    loud = feats.clone()
+    loud[0, 9] += 5.0
+    assert (adaptor(loud, lengths)[0][0, :4] - out[0, :4]).abs().amax(dim=-1).min() > 1e-3
+
+
+def test_global_stats_must_be_a_bool():
+    with pytest.raises(ValueError, match="global_stats must be true or false"):
+        adaptors.build({"name": "mlp", "input_dim": 4, "output_dim": 4, "global_stats": "yes"})
+
+
 def test_zero_length_item_gives_no_frames():
     out, lengths = LinearAdaptor(32, 8, downsample=2)(_feats(frames=6), torch.tensor([6, 0]))
     assert lengths.tolist() == [3, 0]
