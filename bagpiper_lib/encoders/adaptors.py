@@ -123,7 +123,7 @@ class Adaptor(nn.Module):
         return out, out_lengths
 
     def _project(self, stacked: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """``stacked [B, T', k * input_dim]`` (zero where ``~valid [B, T']``) -> ``[B, T', output_dim]``.
+        """``stacked [B, T', stacked_dim]`` (zero where ``~valid [B, T']``) -> ``[B, T', output_dim]``.
         Frame-wise by default; a subclass mixing frames must keep each item's valid frames independent
         of padding."""
         return self.proj(stacked)
