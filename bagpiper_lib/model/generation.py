@@ -327,16 +327,15 @@ class _Decoder:
     def _logits(self, i: int, cfg: dict) -> torch.Tensor:
         """``[K, V]`` logits of row i's next step (guided when CFG is on)."""
         guided = self.guided and "cfg_scale" in cfg
-        hidden = self.hidden[[i, i + len(self.rows)] if self.guided else [i]]
+        hidden = self.hidden[[i, i + len(self.rows)] if guided else [i]]
+        scale = float(cfg["cfg_scale"]) if guided else 1.0
         out = torch.full((self.k, self.v.size), float("-inf"), device=hidden.device)
         for k in range(self.k):
-            logits, lo = self.m.stream_logits(hidden, k)  # [rows, n]: stream k's output ids only
-            cond = logits[0]
-            if guided:  # uncond + s * (cond - uncond) where both are finite, else cond
-                uncond = logits[1]
-                finite = torch.isfinite(cond) & torch.isfinite(uncond)
-                cond = torch.where(finite, uncond + float(cfg["cfg_scale"]) * (cond - uncond), cond)
-            out[k, lo : lo + cond.shape[-1]] = cond
+            logits, lo = self.m.stream_logits(hidden, k)  # [rows, n]: stream k's output ids only (finite)
+            if guided:  # uncond + s * (cond - uncond) on the stream's own ids; the rest stays -inf
+                out[k, lo : lo + logits.shape[-1]] = logits[1] + scale * (logits[0] - logits[1])
+            else:
+                out[k, lo : lo + logits.shape[-1]] = logits[0]
         return out
 
     def _sample_stream0(self, i: int, allowed, cfg: dict, extra=()) -> torch.Tensor:

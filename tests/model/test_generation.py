@@ -108,6 +108,7 @@ def test_cfg_logits_are_one_batched_forward_of_cond_and_uncond(model):
     finite = torch.isfinite(cond)
     expected = uncond[finite] + 3.0 * (cond[finite] - uncond[finite])
     assert torch.allclose(guided[finite], expected, atol=1e-4)
+    assert torch.equal(torch.isfinite(uncond), finite) and torch.equal(torch.isinf(guided), ~finite)
 
 
 def test_batched_requests_equal_single_requests(model):
