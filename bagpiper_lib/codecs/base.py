@@ -26,7 +26,7 @@ import abc
 import importlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,11 @@ from bagpiper_lib.utils import seeded
 
 __all__ = [
     "AudioCodec",
-    "bandwidth_for_codebooks",
     "conv_context_frames",
     "import_optional",
     "load_state",
     "load_strict",
+    "resolve_bandwidth",
     "save_state",
     "seeded",
 ]
@@ -222,29 +222,43 @@ class AudioCodec(nn.Module, abc.ABC):
         )
 
 
-def bandwidth_for_codebooks(codec: str, bandwidths, codebooks_at, bandwidth, num_codebooks):
-    """The bandwidth (kbps) a residual codec runs at when it is chosen by codebook count instead.
+def resolve_bandwidth(
+    codec: str,
+    bandwidths: list[float],
+    codebooks_at: Callable[[float], int],
+    bandwidth: float | None,
+    num_codebooks: int | None,
+) -> tuple[float, int]:
+    """``(kbps, codebooks)`` a residual codec runs at, from ``bandwidth`` or ``num_codebooks`` (not both).
 
-    ``bandwidth`` passes through when ``num_codebooks`` is ``None``; otherwise it must be ``None`` and the
-    result is the lowest of ``bandwidths`` at which ``codebooks_at(kbps)`` codebooks equal
-    ``num_codebooks``. Every codec thus takes ``num_codebooks`` (its first K residual levels), so a
-    config that sets it keeps working when a sweep swaps the codec.
+    ``bandwidth`` must be one of ``bandwidths`` (default: the largest). ``num_codebooks`` picks the lowest
+    of ``bandwidths`` at which ``codebooks_at(kbps)`` equals it: every codec thus takes ``num_codebooks``
+    (its first K residual levels), so a config that sets it keeps working when a sweep swaps the codec.
+    ``codec`` names the model in the errors.
     """
-    if num_codebooks is None:
-        return bandwidth
-    if bandwidth is not None:
+    if num_codebooks is not None:
+        if bandwidth is not None:
+            raise ValueError(
+                f"{codec}: give bandwidth or num_codebooks, not both (got bandwidth={bandwidth!r}, "
+                f"num_codebooks={num_codebooks!r})"
+            )
+        counts = {float(b): int(codebooks_at(float(b))) for b in sorted(bandwidths)}
+        matches = [
+            kbps for kbps, k in counts.items() if k == num_codebooks and not isinstance(num_codebooks, bool)
+        ]
+        if not matches:
+            choices = ", ".join(f"{k} at {kbps} kbps" for kbps, k in counts.items())
+            raise ValueError(
+                f"{codec}: num_codebooks={num_codebooks!r} matches none of its bandwidths; choose one of "
+                f"{sorted(set(counts.values()))} codebooks ({choices})"
+            )
+        bandwidth = matches[0]
+    kbps = float(bandwidths[-1] if bandwidth is None else bandwidth)
+    if kbps not in bandwidths:
         raise ValueError(
-            f"{codec}: give bandwidth or num_codebooks, not both (got bandwidth={bandwidth!r}, "
-            f"num_codebooks={num_codebooks!r})"
+            f"bandwidth {bandwidth!r} kbps is not supported by {codec}; choose one of {bandwidths}"
         )
-    counts = {float(b): int(codebooks_at(float(b))) for b in bandwidths}
-    for kbps in sorted(counts):
-        if counts[kbps] == num_codebooks and not isinstance(num_codebooks, bool):
-            return kbps
-    raise ValueError(
-        f"{codec}: num_codebooks={num_codebooks!r} matches none of its bandwidths; choose one of "
-        f"{sorted(set(counts.values()))} codebooks ({', '.join(f'{k} at {b} kbps' for b, k in sorted(counts.items()))})"
-    )
+    return kbps, int(codebooks_at(kbps))
 
 
 def conv_context_frames(encoder: nn.Module, hop_length: int) -> int:

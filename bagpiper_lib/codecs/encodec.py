@@ -29,10 +29,10 @@ import torch
 
 from bagpiper_lib.codecs.base import (
     AudioCodec,
-    bandwidth_for_codebooks,
     import_optional,
     load_state,
     load_strict,
+    resolve_bandwidth,
     save_state,
     seeded,
 )
@@ -103,28 +103,19 @@ class EnCodec(AudioCodec):
                 _randomize_codebooks(self.model)
         if state is not None:
             load_strict(self.model, state, source)
-        bandwidths = [float(b) for b in self.model.target_bandwidths]
         rate = self.model.frame_rate
-        bandwidth = bandwidth_for_codebooks(
+        self.bandwidth, self.num_codebooks = resolve_bandwidth(
             f"EnCodec {model}",
-            bandwidths,
+            [float(b) for b in self.model.target_bandwidths],
             lambda kbps: self.model.quantizer.get_num_quantizers_for_bandwidth(rate, kbps),
             bandwidth,
             num_codebooks,
         )
-        self.bandwidth = float(bandwidths[-1] if bandwidth is None else bandwidth)
-        if self.bandwidth not in bandwidths:
-            raise ValueError(
-                f"bandwidth {bandwidth!r} kbps is not supported by EnCodec {model}; choose one of {bandwidths}"
-            )
         self.model.set_target_bandwidth(self.bandwidth)
         self.decode_rms = float(decode_rms)
         self.sample_rate = int(self.model.sample_rate)
         self.hop_length = int(math.prod(self.model.encoder.ratios))
         self.codebook_size = int(self.model.quantizer.bins)
-        self.num_codebooks = int(
-            self.model.quantizer.get_num_quantizers_for_bandwidth(self.model.frame_rate, self.bandwidth)
-        )
         self.context_frames = 0 if REFERENCE_MODELS[model]["causal"] else None
         self.freeze()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bagpiper_lib.codecs.base import AudioCodec, bandwidth_for_codebooks, seeded
+from bagpiper_lib.codecs.base import AudioCodec, resolve_bandwidth, seeded
 
 __all__ = ["XCodec", "TINY_CONFIG"]
 
@@ -85,20 +85,16 @@ class XCodec(AudioCodec):
                 self.model = XcodecModel(XcodecConfig(**(config or {})))
                 _randomize_codebooks(self.model)
         cfg = self.model.config
-        bandwidths = [float(b) for b in cfg.target_bandwidths]
-        quantizer = self.model.quantizer
-        bandwidth = bandwidth_for_codebooks(
-            "X-Codec", bandwidths, quantizer.get_num_quantizers_for_bandwidth, bandwidth, num_codebooks
+        self.bandwidth, self.num_codebooks = resolve_bandwidth(
+            "X-Codec",
+            [float(b) for b in cfg.target_bandwidths],
+            self.model.quantizer.get_num_quantizers_for_bandwidth,
+            bandwidth,
+            num_codebooks,
         )
-        self.bandwidth = float(bandwidths[-1] if bandwidth is None else bandwidth)
-        if self.bandwidth not in bandwidths:
-            raise ValueError(
-                f"bandwidth {bandwidth!r} kbps is not supported by this X-Codec; choose one of {bandwidths}"
-            )
         self.sample_rate = int(cfg.sample_rate)
         self.hop_length = int(cfg.hop_length)
         self.codebook_size = int(cfg.codebook_size)
-        self.num_codebooks = self.model.quantizer.get_num_quantizers_for_bandwidth(self.bandwidth)
         self.freeze()
 
     def _encode(self, wav: torch.Tensor) -> torch.Tensor:
