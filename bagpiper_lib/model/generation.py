@@ -328,14 +328,12 @@ class _Decoder:
         """``[K, V]`` logits of row i's next step (guided when CFG is on)."""
         guided = self.guided and "cfg_scale" in cfg
         hidden = self.hidden[[i, i + len(self.rows)] if guided else [i]]
-        scale = float(cfg["cfg_scale"]) if guided else 1.0
         out = torch.full((self.k, self.v.size), float("-inf"), device=hidden.device)
         for k in range(self.k):
             logits, lo = self.m.stream_logits(hidden, k)  # [rows, n]: stream k's output ids only (finite)
             if guided:  # uncond + s * (cond - uncond) on the stream's own ids; the rest stays -inf
-                out[k, lo : lo + logits.shape[-1]] = logits[1] + scale * (logits[0] - logits[1])
-            else:
-                out[k, lo : lo + logits.shape[-1]] = logits[0]
+                logits = logits[1:] + float(cfg["cfg_scale"]) * (logits[:1] - logits[1:])
+            out[k, lo : lo + logits.shape[-1]] = logits[0]
         return out
 
     def _sample_stream0(self, i: int, allowed, cfg: dict, extra=()) -> torch.Tensor:
