@@ -39,7 +39,7 @@ from bagpiper_lib.data.synth.captions import (
     mixture_sentence,
     short_caption,
 )
-from bagpiper_lib.data.synth.level import level_db, set_level
+from bagpiper_lib.data.synth.level import MAX_PEAK, level_db, set_level
 from bagpiper_lib.data.synth.parsing import parse_caption
 from bagpiper_lib.data.synth.text import text_corpus
 
@@ -58,7 +58,6 @@ __all__ = [
 _MODULES = {"music": music, "sound": sound, "speech": voice}
 MIX_GAIN = 0.35  # level of the quieter part relative to the dominant one (-9 dB; see synth.level)
 MIN_DURATION = 0.5
-MAX_PEAK = 0.99
 
 
 def _durations(duration: float | tuple[float, float]) -> np.ndarray:
