@@ -33,6 +33,7 @@ register through the entry-point group ``bagpiper_lib.adaptors``.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -221,7 +222,7 @@ def _sinusoids(frames: int, dim: int, device, dtype) -> torch.Tensor:
     """``[frames, dim]`` sine / cosine positions (the Transformer's, base 10000); odd ``dim`` pads a 0."""
     half = dim // 2
     inv = torch.exp(
-        -torch.arange(half, device=device, dtype=torch.float32) * (9.210340371976184 / max(half, 1))
+        -torch.arange(half, device=device, dtype=torch.float32) * (math.log(10000.0) / max(half, 1))
     )
     angles = torch.arange(frames, device=device, dtype=torch.float32)[:, None] * inv[None]
     out = torch.cat([angles.sin(), angles.cos(), angles.new_zeros(frames, dim - 2 * half)], dim=1)
