@@ -16,7 +16,7 @@ def run_alone(backbone, x: torch.Tensor, lengths=LENGTHS) -> torch.Tensor:
     """Each sample of a packed row run on its own, concatenated back ``[1, T, H]``."""
     outs, start = [], 0
     for n in lengths:
-        outs.append(backbone(x[:, start : start + n], torch.arange(n)[None]))
+        outs.append(backbone(x[:, start : start + n], torch.arange(n, device=x.device)[None]))
         start += n
     return torch.cat(outs, dim=1)
 
@@ -204,3 +204,73 @@ def test_segmented_kernel_is_transformers_sdpa_without_offsets():
         torch.testing.assert_close(spans[:, start:end], alone, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="one flattened row"):
         packing.segmented_sdpa_forward(module, q, k, v, None, cu_seq_lens_q=cu)
+
+
+def test_varlen_kernel_applies_only_to_cuda_half_precision(monkeypatch):
+    """The fused varlen kernel is chosen for CUDA fp16/bf16 without dropout, never on the CPU or in
+    float32, and not at all when switched off."""
+    cpu = torch.zeros(1, 2, 3, 8)
+    assert packing._varlen_kernel(cpu, 0.0) is None
+    assert packing._varlen_kernel(cpu.bfloat16(), 0.0) is None
+
+    class FakeCuda:
+        is_cuda = True
+
+        def __init__(self, dtype, head_dim=8):
+            self.dtype, self.shape = dtype, (1, 2, 3, head_dim)
+
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    assert packing._varlen_kernel(FakeCuda(torch.bfloat16), 0.0) is varlen.varlen_attn
+    assert packing._varlen_kernel(FakeCuda(torch.float16), 0.0) is varlen.varlen_attn
+    assert packing._varlen_kernel(FakeCuda(torch.float32), 0.0) is None
+    assert packing._varlen_kernel(FakeCuda(torch.bfloat16), 0.1) is None
+    assert packing._varlen_kernel(FakeCuda(torch.bfloat16, head_dim=512), 0.0) is None
+    monkeypatch.setattr(packing, "USE_VARLEN_KERNEL", False)
+    assert packing._varlen_kernel(FakeCuda(torch.bfloat16), 0.0) is None
+
+
+def test_varlen_kernel_call_matches_the_per_sample_loop(monkeypatch):
+    """The fused path hands the kernel ``(N, heads, head_dim)`` tensors, int32 offsets, the longest sample
+    and a causal window, and its output layout equals the per-sample loop's (checked with a reference
+    kernel that runs causal SDPA per sample)."""
+    calls = []
+
+    def reference_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        calls.append((q.shape, cu_q.dtype, cu_q.tolist(), max_q, max_k, window_size))
+        assert torch.equal(cu_q, cu_k) and window_size == (-1, 0)
+        bounds = cu_q.tolist()
+        return torch.cat(
+            [
+                torch.nn.functional.scaled_dot_product_attention(
+                    q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), is_causal=True
+                ).transpose(0, 1)
+                for s, e in zip(bounds[:-1], bounds[1:])
+            ]
+        )
+
+    backbone = tiny("qwen3")
+    x = embeds(1, sum(LENGTHS))
+    pos = positions(*LENGTHS)
+    expected = backbone(x, pos)
+    monkeypatch.setattr(packing, "_varlen_kernel", lambda query, dropout: reference_kernel)
+    torch.testing.assert_close(backbone(x, pos), expected, atol=1e-5, rtol=0)
+    heads = backbone.lm.config.num_attention_heads
+    head_dim = backbone.lm.config.head_dim
+    assert calls[0] == ((sum(LENGTHS), heads, head_dim), torch.int32, [0, 5, 8, 12], 5, 5, (-1, 0))
+    assert len(calls) == backbone.lm.config.num_hidden_layers
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused varlen kernel runs on CUDA only")
+def test_varlen_kernel_on_gpu_matches_each_sample_alone():
+    """bf16 on CUDA: the fused kernel's outputs and input gradients equal each sample run alone."""
+    pytest.importorskip("torch.nn.attention.varlen")
+    backbone = tiny("qwen3").cuda().to(torch.bfloat16)
+    x = embeds(2, sum(LENGTHS)).cuda().to(torch.bfloat16).requires_grad_(True)
+    pos = positions(*LENGTHS).expand(2, -1).cuda()
+    packed = backbone(x, pos)
+    (grad_packed,) = torch.autograd.grad(packed.float().square().sum(), x)
+    x_alone = x.detach().clone().requires_grad_(True)
+    alone = torch.cat([run_alone(backbone, x_alone[i : i + 1]) for i in range(2)])
+    (grad_alone,) = torch.autograd.grad(alone.float().square().sum(), x_alone)
+    torch.testing.assert_close(packed, alone, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(grad_packed, grad_alone, atol=3e-2, rtol=3e-2)
