@@ -104,7 +104,9 @@ class GenerationMixin:
                 raise ValueError(f"plan must be a non-empty list of {sorted(MODALITY_TOKENS)}, got {plan!r}")
         text_cfg = {**TEXT_DEFAULTS, **(text or {})}
         audio_cfg = {**AUDIO_DEFAULTS, **(audio or {})}
-        generator = torch.Generator(device=self.embed.weight.device)
+        # Draws are made on the CPU (see _Decoder._sample): a CPU generator on every device, so a seed
+        # gives the same draws from the same probabilities on a GPU as on the CPU.
+        generator = torch.Generator()
         generator.manual_seed(torch.seed() if seed is None else int(seed))
         if plan is None and (
             not isinstance(max_segments, int) or isinstance(max_segments, bool) or max_segments < 1
@@ -299,7 +301,7 @@ class _Decoder:
                 col[k] = lo  # forced pad
         if r.frames is not None:  # stream 0 ended this step: no stream may hold a frame >= T
             invalid = on_grid & (frame >= r.frames)
-            col[invalid] = v.codec_pad_ids()[invalid]
+            col[invalid.to(col.device)] = v.codec_pad_ids().to(col.device)[invalid.to(col.device)]
         r.current.steps.append(col.clone())
         r.mirror = True
         r.step += 1

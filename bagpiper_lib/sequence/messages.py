@@ -102,7 +102,9 @@ class SequenceBuilder:
         self.pattern = pattern
         self.audio_in_length = audio_in_length
         self.max_length = max_length
-        self._codec_pads = vocab.codec_pad_ids()
+        self._codec_pads = (
+            vocab.codec_pad_ids().cpu()
+        )  # samples are built on the CPU, whatever the default device
 
     @property
     def num_streams(self) -> int:
@@ -135,8 +137,8 @@ class SequenceBuilder:
             raise ValueError(
                 f"{where}: codes have {codes.shape[0]} codebooks; the vocabulary and pattern expect K={self.num_streams}"
             )
-        try:
-            ids = self.vocab.codes_to_global(codes)
+        try:  # a Sample lives on the CPU, where samples are packed: codes from a GPU codec move there
+            ids = self.vocab.codes_to_global(codes.cpu())
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from err
         return self.pattern.apply(ids[None], self._codec_pads)[0].T, None
