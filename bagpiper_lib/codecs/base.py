@@ -23,6 +23,7 @@ frame matches.
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 import json
 import math
@@ -145,11 +146,25 @@ class AudioCodec(nn.Module, abc.ABC):
         valid = torch.arange(total, device=codes.device)[None, None] < frames[:, None, None]
         return codes.masked_fill(~valid, 0), frames
 
+    def _half_precision(self) -> contextlib.AbstractContextManager:
+        """Autocast to the codec's dtype where its weights are half precision.
+
+        A bf16 run may leave a codec's weights and buffers in different dtypes (DeepSpeed and FSDP mixed
+        precision cast parameters and buffers separately), and the reference implementations add float32
+        intermediates to half-precision ones; autocast runs every matmul and convolution in one dtype.
+        """
+        dtypes = {t.dtype for t in self._tensors() if t.is_floating_point()}
+        half = dtypes & {torch.bfloat16, torch.float16}
+        if not half:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=min(half, key=str))
+
     def _encode_padded(self, wav: torch.Tensor) -> torch.Tensor:
         n = wav.shape[-1]
         total = self.num_frames(n)
         wav = nn.functional.pad(wav, (0, total * self.hop_length - n))
-        codes = self._encode(wav)
+        with self._half_precision():
+            codes = self._encode(wav)
         if codes.shape != (wav.shape[0], self.num_codebooks, total):
             raise RuntimeError(
                 f"{type(self).__name__}._encode returned codes of shape {tuple(codes.shape)}, "
@@ -169,7 +184,8 @@ class AudioCodec(nn.Module, abc.ABC):
         codes, lengths = self.check_codes(codes, lengths)
         valid = torch.arange(codes.shape[-1], device=codes.device)[None, None] < lengths[:, None, None]
         codes = codes.masked_fill(~valid, 0).to(self.device)
-        wav = self._decode(codes).to(torch.float32)
+        with self._half_precision():
+            wav = self._decode(codes).to(torch.float32)
         n = codes.shape[-1] * self.hop_length
         wav = nn.functional.pad(wav, (0, max(0, n - wav.shape[-1])))[:, :n]
         samples = (lengths * self.hop_length).to(wav.device)

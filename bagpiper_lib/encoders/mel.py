@@ -133,6 +133,14 @@ class LogMelSpectrogram(nn.Module):
             self.filters = self._make_filters().to(device)
         return self
 
+    def _float_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window and filter bank in exact float32. A strategy may cast buffers to half precision
+        behind ``_apply`` (FSDP mixed precision sets them directly): then they are rebuilt."""
+        if self.window.dtype == torch.float32 and self.filters.dtype == torch.float32:
+            return self.window, self.filters
+        device = self.window.device
+        return self._make_window().to(device), self._make_filters().to(device)
+
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Valid feature frames for ``lengths`` samples: ``lengths // hop_length``."""
         return torch.div(lengths, self.hop_length, rounding_mode="floor")
@@ -180,13 +188,14 @@ class LogMelSpectrogram(nn.Module):
         last = (lengths - 1)[:, None]
         pos = torch.where(pos > last, 2 * last - pos, pos).clamp(0, n - 1)
         padded = wav.float().gather(1, pos)  # [B, N + n_fft]
+        window, filters = self._float_buffers()
         stft = torch.stft(
-            padded, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True
+            padded, self.n_fft, self.hop_length, window=window, center=False, return_complex=True
         )
         power = stft[..., :-1].abs().pow(2)  # [B, n_freqs, T]: drop the last frame
         frames = self.num_frames(lengths)
         valid = torch.arange(power.shape[-1], device=wav.device)[None] < frames[:, None]  # [B, T]
-        log_spec = torch.matmul(self.filters, power).clamp(min=1e-10).log10()  # [B, n_mels, T]
+        log_spec = torch.matmul(filters, power).clamp(min=1e-10).log10()  # [B, n_mels, T]
         feats = self._scale(log_spec, valid[:, None])
         if not with_energy:
             return feats, frames

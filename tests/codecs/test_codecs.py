@@ -248,3 +248,22 @@ def test_every_codec_takes_num_codebooks_as_its_first_residual_levels(name):
 def test_missing_pretrained_directory(name, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         codecs.build({"name": name, "pretrained": str(tmp_path / "nowhere")})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_half_precision_weights_beside_float32_buffers_encode_and_decode(name):
+    """A bf16 strategy may cast a frozen codec's parameters but not its buffers (DeepSpeed, FSDP mixed
+    precision): encode and decode still run, in bf16, with codes close to float32's."""
+    reference = codecs.build({"name": name, "preset": "tiny"})
+    wav = noise(2, reference.sample_rate)
+    codes, _ = reference.encode(wav)
+    half = codecs.build({"name": name, "preset": "tiny"})
+    half.load_state_dict(reference.state_dict())
+    for p in half.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    half_codes, _ = half.encode(wav)
+    assert half_codes.shape == codes.shape
+    assert (half_codes == codes).float().mean() > 0.8  # bf16 rounding flips a few near-ties
+    out, samples = half.decode(half_codes)
+    assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+    torch.testing.assert_close(samples, torch.full((2,), out.shape[-1]))

@@ -88,6 +88,16 @@ def test_buffers_follow_the_module_and_stay_float32():
         torch.testing.assert_close(mel(wav.cuda())[0].cpu(), expected, rtol=0, atol=1e-4)
 
 
+def test_buffers_cast_behind_its_back_are_rebuilt_exactly():
+    """FSDP mixed precision sets buffers to bf16 directly, not through ``Module._apply``: the frontend
+    still computes with the exact float32 window and filter bank."""
+    mel = LogMelSpectrogram(80)
+    wav = torch.from_numpy(_items()[0])
+    expected, _ = mel(wav)
+    mel.window, mel.filters = mel.window.bfloat16(), mel.filters.bfloat16()
+    torch.testing.assert_close(mel(wav)[0], expected, rtol=0, atol=0)
+
+
 def test_bad_input_is_rejected_by_name():
     mel = LogMelSpectrogram(80)
     with pytest.raises(ValueError, match="at least n_fft // 2 \\+ 1 = 201"):
