@@ -73,17 +73,9 @@ class LearningReport(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Validation loss of the untrained model, on the same held-out batches validation uses."""
-        batches = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
-        if not batches:
-            return
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            outs = [pl_module.model(b.to(pl_module.device)) for b in batches]
-        pl_module.train(was_training)
-        # Weighted by targets, as Lightning averages val/loss over batches of batch_size = num_targets.
-        total = sum(o.num_targets for o in outs)
-        self.first = {"val/loss": sum(float(o.loss) * o.num_targets for o in outs) / max(total, 1)}
+        loss = pl_module.through_strategy("initial_val_loss")
+        if loss is not None:
+            self.first = {"val/loss": loss}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         from bagpiper_lib.data import synthetic

@@ -217,6 +217,40 @@ class BagpiperLitModule(L.LightningModule):
                     sync_dist=not on_step,
                 )
 
+    def through_strategy(self, method: str, *args: Any) -> Any:
+        """``self.<method>(*args)``, entered through the strategy's wrapper where it shards weights.
+
+        FSDP and DeepSpeed gather a module's sharded weights only inside the wrapper's forward: the root
+        FSDP unit holds the weights outside the decoder layers and encoder blocks (embeddings, heads,
+        adaptor), and an inner unit called first would wrongly make itself a root. Forwards made outside
+        Lightning's steps (the learning report's first validation loss, the probe's captions and audio)
+        therefore go through the wrapper as the steps do, on every rank, with Lightning's forward
+        redirection. Other strategies call the method directly. Pass no tensors: the wrapper would move
+        and cast them.
+        """
+        trainer = self._trainer
+        strategy = getattr(trainer, "strategy", None)
+        wrapper = getattr(strategy, "model", None)
+        if wrapper is None or wrapper is self or not _shards_weights(strategy):
+            return getattr(self, method)(*args)
+        with strategy.precision_plugin.forward_context():  # the autocast a step would run under
+            return strategy._forward_redirection(wrapper, self, method, *args)
+
+    def initial_val_loss(self) -> float | None:
+        """Validation loss over the datamodule's validation batches, weighted by targets as Lightning
+        averages ``val/loss``; None without validation data. Call through :meth:`through_strategy`."""
+        dm = getattr(self._trainer, "datamodule", None)
+        batches = dm.val_dataloader() if dm is not None else None
+        if not batches:
+            return None
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            outs = [self.model(b.to(self.device)) for b in batches]
+        self.train(was_training)
+        total = sum(o.num_targets for o in outs)
+        return sum(float(o.loss) * o.num_targets for o in outs) / max(total, 1)
+
     def _world(self) -> int:
         return int(self.trainer.world_size) if self._trainer is not None else 1
 
@@ -318,29 +352,45 @@ class BagpiperLitModule(L.LightningModule):
 
     def _probe(self) -> None:
         """Caption a few held-out clips and score the captions' attributes (synthetic corpus only)."""
-        n = int(self.probe_spec["num_clips"])
-        dm = getattr(self.trainer, "datamodule", None)
-        records = [r for r in getattr(dm, "val_records", [])[:n] if r.audio is not None]
-        if n <= 0 or not records or self.model.encoder is None or self.trainer.sanity_checking:
+        records = self._probe_records()
+        if not records or self.model.encoder is None or self.trainer.sanity_checking:
             return
         from bagpiper_lib.data import synthetic
 
-        sr = records[0].sample_rate
-        captions = self.model.caption(
-            [r.audio for r in records],
-            sr,
-            seed=0,
-            temperature=0.0,
-            max_steps=int(self.probe_spec["max_steps"]),
-        )
+        captions, wavs = self.through_strategy("_probe_generate")
         scores = synthetic.attribute_accuracy(captions, records)
         for name, value in scores.items():
             self.log(f"val/acc_{name}", float(value), sync_dist=True)
         log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective under DDP
         if self.trainer.is_global_zero:
-            self._write_examples(log_dir / "examples", records, captions)
+            self._write_examples(log_dir / "examples", records, captions, wavs)
 
-    def _write_examples(self, root: Path, records, captions: list[str]) -> None:
+    def _probe_records(self) -> list:
+        """The held-out records with audio among the first ``probe.num_clips``."""
+        n = int(self.probe_spec["num_clips"])
+        dm = getattr(self.trainer, "datamodule", None)
+        return [r for r in getattr(dm, "val_records", [])[:n] if r.audio is not None] if n > 0 else []
+
+    def _probe_generate(self) -> tuple[list[str], list[torch.Tensor]]:
+        """Greedy captions of the probe's clips, and audio synthesised from the first
+        ``probe.audio_examples`` reference captions. Every rank runs it (see :meth:`through_strategy`)."""
+        records = self._probe_records()
+        spec = self.probe_spec
+        captions = self.model.caption(
+            [r.audio for r in records],
+            records[0].sample_rate,
+            seed=0,
+            temperature=0.0,
+            max_steps=int(spec["max_steps"]),
+        )
+        audio_n = int(spec["audio_examples"])
+        wavs: list[torch.Tensor] = []
+        if audio_n > 0 and self.model.codec is not None:
+            prompts = [r.caption for r in records[:audio_n]]
+            wavs = self.model.synthesize(prompts, seed=0, max_steps=int(spec["audio_max_steps"]))
+        return captions, wavs
+
+    def _write_examples(self, root: Path, records, captions: list[str], wavs: list[torch.Tensor]) -> None:
         """Generated examples of this validation round under ``root/step_<N>/``.
 
         ``captions.md``: the first ``probe.examples`` held-out clips, reference caption beside the
@@ -363,15 +413,11 @@ class BagpiperLitModule(L.LightningModule):
         experiment = getattr(self.logger, "experiment", None)
         if hasattr(experiment, "add_text"):
             experiment.add_text("val/examples", text, global_step=self.trainer.global_step)
-        audio_n = int(spec["audio_examples"])
-        if audio_n > 0 and self.model.codec is not None:
-            prompts = [r.caption for r in records[:audio_n]]
-            wavs = self.model.synthesize(prompts, seed=0, max_steps=int(spec["audio_max_steps"]))
-            for i, (caption, wav) in enumerate(zip(prompts, wavs)):
-                if wav.numel() == 0:  # the model ended the audio at once: nothing to write
-                    continue
-                save_audio(out / f"audio_{i}.wav", wav, self.model.codec.sample_rate)
-                save_spectrogram(wav, self.model.codec.sample_rate, out / f"audio_{i}.png", caption)
+        for i, (record, wav) in enumerate(zip(records, wavs)):
+            if wav.numel() == 0:  # the model ended the audio at once: nothing to write
+                continue
+            save_audio(out / f"audio_{i}.wav", wav, self.model.codec.sample_rate)
+            save_spectrogram(wav, self.model.codec.sample_rate, out / f"audio_{i}.png", record.caption)
 
     # ------------------------------------------------------------------ optimisation
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
@@ -411,3 +457,10 @@ class BagpiperLitModule(L.LightningModule):
         factor = lr_lambda(sched["name"], int(sched["warmup_steps"]), total, float(sched["min_lr_ratio"]))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _shards_weights(strategy) -> bool:
+    """True for the strategies whose wrapper gathers sharded weights in its forward (FSDP, DeepSpeed)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    return isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy))

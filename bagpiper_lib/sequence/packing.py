@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -65,10 +65,12 @@ class PackingReport:
     slots: int  # num_rows * row length
     num_truncated: int = 0
     num_rejected: int = 0
-    efficiency: float = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.efficiency = self.real_tokens / self.slots if self.slots else 0.0
+    # A property, not an init=False field: FSDP's mixed-precision input cast rebuilds dataclasses with
+    # dataclasses.replace, which refuses init=False fields.
+    @property
+    def efficiency(self) -> float:
+        return self.real_tokens / self.slots if self.slots else 0.0
 
 
 @dataclass

@@ -185,6 +185,55 @@ def test_gradient_clipping_goes_through_the_fsdp_root(monkeypatch):
     assert clipped == [("opt", 0.5, "norm")] and root.calls == [1.0]
 
 
+def test_forwards_outside_steps_enter_through_a_sharding_wrapper(monkeypatch):
+    """Under FSDP / DeepSpeed, the report's first validation loss and the probe's generation run inside
+    the wrapper's forward (where sharded weights are gathered), under the precision plugin's context,
+    and give what a direct call gives; without a sharding strategy they are direct calls."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies.strategy import _ForwardRedirection
+
+    import recipes.module as module
+
+    class Wrapper(torch.nn.Module):  # stands in for the FSDP root / DeepSpeed engine around the module
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, *args):
+            self.calls += 1
+            return self.inner(*args)
+
+    entered = []
+
+    @contextlib.contextmanager
+    def forward_context():
+        entered.append(True)
+        yield
+
+    lit = _lit()
+    assert lit.initial_val_loss() is None  # no trainer: no validation data
+    batch = pack(_fsdp_rows(lit.model), 256, lit.model._stream_pads)
+    wrapper = Wrapper(lit)
+    strategy = SimpleNamespace(
+        model=wrapper,
+        _forward_redirection=_ForwardRedirection(),
+        precision_plugin=SimpleNamespace(forward_context=forward_context),
+    )
+    datamodule = SimpleNamespace(val_dataloader=lambda: [batch])
+    lit._trainer = SimpleNamespace(strategy=strategy, datamodule=datamodule)
+    monkeypatch.setattr(module, "_shards_weights", lambda s: False)
+    direct = lit.through_strategy("initial_val_loss")
+    assert wrapper.calls == 0 and not entered
+    assert direct == lit.model(batch).loss.item()  # one batch: its loss
+    monkeypatch.setattr(module, "_shards_weights", lambda s: s is strategy)
+    assert lit.through_strategy("initial_val_loss") == direct
+    assert wrapper.calls == 1 and entered == [True]
+    assert lit.forward.__func__ is type(lit).forward  # the redirection put the own forward back
+    assert lit.training  # left in the mode it was in
+
+
 # ------------------------------------------------------------------ FSDP with the recipe's own pieces
 CLIP = 0.05  # small enough that clipping acts on both steps
 

@@ -307,3 +307,23 @@ def test_packed_batch_matches_samples_run_alone(attn):
             r, a, n = placement(batch, i)
             torch.testing.assert_close(hidden[r, a : a + n], alone, atol=1e-5, rtol=0)
             torch.testing.assert_close(hidden_padded[i, :n], alone, atol=1e-5, rtol=0)
+
+
+def test_fsdp_mixed_precision_input_cast_rebuilds_a_packed_batch():
+    """FSDP's root forward casts floating inputs to the compute dtype by rebuilding dataclasses
+    (``torch.distributed.utils._cast_forward_inputs``): a packed batch with audio survives it, its ids
+    untouched and its report intact."""
+    cast = pytest.importorskip("torch.distributed.utils")._cast_forward_inputs
+    audio = torch.randn(160)
+    sample = Sample(
+        torch.full((6, K), 7),
+        torch.ones(6, K, dtype=torch.bool),
+        torch.ones(6, dtype=torch.long),
+        [AudioSpan(1, 3, audio=audio, sample_rate=16000)],
+    )
+    batch = pack([sample, sample], 16, PAD, seed=0)
+    (out,), _ = cast(torch.bfloat16, batch)
+    assert isinstance(out, type(batch)) and torch.equal(out.tokens, batch.tokens)
+    assert out.tokens.dtype == torch.long and out.cu_seqlens.dtype == torch.int32
+    assert out.audio_in[0][1].audio.dtype == torch.bfloat16
+    assert out.report == batch.report and out.report.efficiency == batch.report.efficiency == 12 / 16
