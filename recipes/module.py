@@ -22,7 +22,7 @@ from bagpiper_lib.model.bagpiper import DEFAULT_CONFIG
 
 __all__ = ["BagpiperLitModule", "lr_lambda"]
 
-DEFAULT_OPTIMIZER = {"lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.01, "eps": 1e-8}
+DEFAULT_OPTIMIZER = {"lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.01, "eps": 1e-8, "fused": None}
 DEFAULT_SCHEDULER = {"name": "cosine", "warmup_steps": 0, "total_steps": None, "min_lr_ratio": 0.0}
 DEFAULT_FREEZE = {"encoder": True, "backbone": False, "embeddings": False}
 DEFAULT_PROBE = {"num_clips": 8, "max_steps": 96, "examples": 4, "audio_examples": 1, "audio_max_steps": 64}
@@ -447,8 +447,15 @@ class BagpiperLitModule(L.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
+        fused = spec.get("fused")
+        if fused is None:  # one fused kernel per step on GPUs (the foreach update took 40 % of a 0.6B step)
+            fused = all(p.is_cuda for p in params) and not _is_deepspeed(self._trainer)
         optimizer = torch.optim.AdamW(
-            groups, lr=float(spec["lr"]), betas=tuple(spec["betas"]), eps=float(spec["eps"])
+            groups,
+            lr=float(spec["lr"]),
+            betas=tuple(spec["betas"]),
+            eps=float(spec["eps"]),
+            fused=bool(fused),
         )
         sched = dict(self.scheduler_spec)
         total = sched.get("total_steps") or (
@@ -464,3 +471,10 @@ def _shards_weights(strategy) -> bool:
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
     return isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy))
+
+
+def _is_deepspeed(trainer) -> bool:
+    """DeepSpeed steps its own optimizer wrapper over flat partitions: leave the torch AdamW unfused there."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return isinstance(getattr(trainer, "strategy", None), DeepSpeedStrategy)

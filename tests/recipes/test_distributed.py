@@ -335,3 +335,27 @@ def test_two_process_fsdp_with_the_recipe_policy_and_clipping_equals_one_process
         torch.testing.assert_close(fsdp["state"][key], value, atol=1e-5, rtol=0, msg=key)
         moved += not torch.equal(value, initial[key])
     assert moved > 10  # the comparison is between trained weights, not two copies of the init
+
+
+def test_optimizer_fused_setting():
+    """``optimizer.fused``: null picks the fused AdamW where every trainable weight is on a GPU (not under
+    DeepSpeed), so it stays unfused on the CPU; true forces it, and one fused step equals one foreach step."""
+    from types import SimpleNamespace
+
+    from recipes.module import BagpiperLitModule
+
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if k in ("codec", "encoder", "backbone", "tokenizer")}
+    steps = {}
+    for fused in (None, True, False):
+        torch.manual_seed(0)
+        lit = BagpiperLitModule(**tiny, freeze={"encoder": True}, optimizer={"fused": fused, "lr": 1e-2})
+        lit._trainer = SimpleNamespace(strategy=None, max_steps=10)
+        optimizer = lit.configure_optimizers()["optimizer"]
+        assert bool(optimizer.defaults["fused"]) is bool(fused)
+        batch = pack(_fsdp_rows(lit.model), 256, lit.model._stream_pads)
+        lit.model(batch).loss.backward()
+        optimizer.step()
+        steps[fused] = {n: p.detach().clone() for n, p in lit.named_parameters() if p.requires_grad}
+    for name, value in steps[False].items():
+        torch.testing.assert_close(steps[True][name], value, atol=1e-6, rtol=1e-5, msg=name)
+        assert torch.equal(steps[None][name], value)
