@@ -153,11 +153,10 @@ class AudioCodec(nn.Module, abc.ABC):
         precision cast parameters and buffers separately), and the reference implementations add float32
         intermediates to half-precision ones; autocast runs every matmul and convolution in one dtype.
         """
-        dtypes = {t.dtype for t in self._tensors() if t.is_floating_point()}
-        half = dtypes & {torch.bfloat16, torch.float16}
-        if not half:
+        weight = next((t for t in self._tensors() if t.is_floating_point()), None)  # first: O(1)
+        if weight is None or weight.dtype not in (torch.bfloat16, torch.float16):
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=min(half, key=str))
+        return torch.autocast(weight.device.type, dtype=weight.dtype)
 
     def _encode_padded(self, wav: torch.Tensor) -> torch.Tensor:
         n = wav.shape[-1]
