@@ -8,7 +8,9 @@ Design:
   stay available through :meth:`Backbone.text_embeddings` / :meth:`Backbone.lm_head_weight` so the
   model layer can copy text rows into its extended multimodal vocabulary. Neither takes part in
   ``forward``, so both are always frozen (``requires_grad=False``); a tied head is the very same
-  tensor as the embedding table (no second copy in memory).
+  tensor as the embedding table (no second copy in memory). Once copied, the model frees them
+  (:meth:`Backbone.release_token_tables`); :meth:`Backbone.save_pretrained` then takes the rows to
+  write whole tables again.
 * **Packing.** ``position_ids`` that restart inside a row mark packed samples. When they do, the
   backbone builds the isolation itself (block-diagonal causal mask for ``sdpa`` / ``eager`` /
   ``flex_attention``; varlen sequence offsets for ``flash_attention_*``, see
@@ -111,6 +113,9 @@ class Backbone(torch.nn.Module):
         self.model_type: str = str(cfg.model_type)
         body_args = inspect.signature(self.body.forward).parameters
         self._cache_kwarg = "cache" if "cache" in body_args else "past_key_values"
+        self.released: bool = False  # see release_token_tables
+        self._spare_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._released_tied = False
         self.set_gradient_checkpointing(gradient_checkpointing)
         self.set_trainable(trainable)
         # Decode steps of Llama-family bodies run the layers directly (see _direct_decode); False
@@ -137,18 +142,86 @@ class Backbone(torch.nn.Module):
     @property
     def tied_head(self) -> bool:
         """True when the LM head shares its weight with the input embedding table."""
+        if self.released:
+            return self._released_tied
         head = self.lm.get_output_embeddings()
         return head is not None and head.weight is self.lm.get_input_embeddings().weight
 
     def text_embeddings(self) -> torch.Tensor:
         """The pretrained input embedding table ``[V, H]`` (detached view, no copy)."""
+        self._check_tables("text_embeddings")
         return self.lm.get_input_embeddings().weight.detach()
 
     def lm_head_weight(self) -> torch.Tensor | None:
         """The pretrained LM head ``[V, H]`` (detached view; the embedding table itself when tied),
         or ``None`` for a model without an output projection."""
+        self._check_tables("lm_head_weight")
         head = self.lm.get_output_embeddings()
         return None if head is None else head.weight.detach()
+
+    def _check_tables(self, what: str) -> None:
+        if self.released:
+            raise RuntimeError(
+                f"{what}: this backbone's token tables were released (release_token_tables); the model "
+                "that copied their rows holds them now"
+            )
+
+    def release_token_tables(self, keep: int) -> None:
+        """Drop the input embedding table and LM head once a model has copied their first ``keep`` rows.
+
+        ``forward`` never uses them (it runs the body on ``inputs_embeds``), yet they are the largest
+        tensors of a causal LM: two ``[V, H]`` tables, about 2.5 GB in bf16 for Qwen3-8B. Rows from
+        ``keep`` on (ids the tokenizer never emits, e.g. Qwen's padding rows) are kept aside so that
+        :meth:`save_pretrained` can write whole tables again from the ``keep`` rows it is given.
+        Idempotent.
+
+        Args:
+            keep: rows ``[0, keep)`` the model took over (its text vocabulary size).
+        """
+        if self.released:
+            return
+        embed = self.lm.get_input_embeddings()
+        if not 0 < keep <= embed.weight.shape[0]:
+            raise ValueError(f"keep must be in [1, {embed.weight.shape[0]}], got {keep}")
+        head = self.lm.get_output_embeddings()
+        tied = self.tied_head
+        spare_head = None if head is None or tied else head.weight.detach()[keep:].clone()
+        self._spare_rows = (embed.weight.detach()[keep:].clone(), spare_head)
+        self._released_tied, self._has_head, self._kept_rows = tied, head is not None, int(keep)
+        # where the tables live (set_output_embeddings is a no-op for some transformers models)
+        names = {id(m): n for n, m in self.lm.named_modules()}
+        self._table_paths = (names[id(embed)], None if head is None else names[id(head)])
+        self._set_tables(None, None)
+        self.released = True
+
+    def _set_tables(self, embed: torch.nn.Module | None, head: torch.nn.Module | None) -> None:
+        for path, module in zip(self._table_paths, (embed, head)):
+            if path is None:
+                continue
+            parent, _, name = path.rpartition(".")
+            setattr(self.lm.get_submodule(parent) if parent else self.lm, name, module)
+
+    def _install_tables(self, embed_rows: torch.Tensor, head_rows: torch.Tensor | None) -> None:
+        """Whole tables again, from the model's ``[keep, H]`` rows and the spare rows (for saving)."""
+        spare_embed, spare_head = self._spare_rows
+        shape = (self._kept_rows, self.hidden_size)
+        for name, rows in (("embed", embed_rows), ("head", head_rows)):
+            if rows is not None and tuple(rows.shape) != shape:
+                raise ValueError(f"token_tables {name} rows must have shape {shape}, got {tuple(rows.shape)}")
+        table = torch.cat([embed_rows.detach().to(spare_embed), spare_embed])
+        embed = torch.nn.Embedding(*table.shape, dtype=table.dtype)
+        embed.weight = torch.nn.Parameter(table, requires_grad=False)
+        head = None
+        if self._has_head:
+            head = torch.nn.Linear(self.hidden_size, table.shape[0], bias=False, dtype=table.dtype)
+            if self._released_tied:
+                head.weight = embed.weight
+            else:
+                if head_rows is None:
+                    raise ValueError("token_tables needs head rows: this backbone's LM head is not tied")
+                weight = torch.cat([head_rows.detach().to(spare_head), spare_head])
+                head.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self._set_tables(embed, head)
 
     # ------------------------------------------------------------------ switches
     def set_trainable(self, trainable: bool) -> None:
@@ -157,7 +230,9 @@ class Backbone(torch.nn.Module):
         self.lm.requires_grad_(False)
         if self.trainable:
             self.body.requires_grad_(True)
-            self.lm.get_input_embeddings().requires_grad_(False)
+            embed = self.lm.get_input_embeddings()
+            if embed is not None:
+                embed.requires_grad_(False)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Turn activation recomputation of the decoder layers on or off (applies in train mode)."""
@@ -213,7 +288,7 @@ class Backbone(torch.nn.Module):
         heads = int(cfg.num_attention_heads)
         kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
         head_dim = int(getattr(cfg, "head_dim", None) or self.hidden_size // heads)
-        weight = self.text_embeddings()
+        weight = self._body_weight()
         cache = StaticCache(config=cfg, max_cache_len=max_len)
         cache.early_initialization(
             batch_size, kv_heads, head_dim, dtype or weight.dtype, torch.device(device or weight.device)
@@ -421,7 +496,11 @@ class Backbone(torch.nn.Module):
         weight = getattr(norm, "weight", None)
         if isinstance(weight, torch.Tensor):
             return weight.dtype
-        return self.text_embeddings().dtype
+        return self._body_weight().dtype
+
+    def _body_weight(self) -> torch.Tensor:
+        """A floating weight of the body (its dtype and device are the body's)."""
+        return next(p for p in self.body.parameters() if p.is_floating_point())
 
     def _check_positions(self, position_ids: torch.Tensor, cache) -> tuple[bool, int | None]:
         """Validate position values (one host sync); return whether any row is packed and how many
@@ -452,10 +531,32 @@ class Backbone(torch.nn.Module):
                 )
         return bool(packed), filled
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the causal LM (body + head) as ``config.json`` + safetensors, readable by ``pretrained=``."""
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        token_tables: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> Path:
+        """Write the causal LM (body + head) as ``config.json`` + safetensors, readable by ``pretrained=``.
+
+        Args:
+            token_tables: after :meth:`release_token_tables`, the ``[keep, H]`` embedding and LM head
+                rows to write (the head rows may be ``None`` for a tied head): they and the spare rows
+                make whole tables again, so the directory is a normal transformers checkpoint.
+        """
         directory = Path(directory)
-        self.lm.save_pretrained(str(directory))
+        if not self.released:
+            self.lm.save_pretrained(str(directory))
+            return directory
+        if token_tables is None:
+            raise ValueError(
+                "this backbone's token tables were released: pass token_tables=(embed_rows, head_rows) "
+                "(BagpiperModel.save_pretrained does)"
+            )
+        self._install_tables(*token_tables)
+        try:
+            self.lm.save_pretrained(str(directory))
+        finally:
+            self._set_tables(None, None)
         return directory
 
     def extra_repr(self) -> str:

@@ -180,6 +180,9 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
             lm_head = backbone.lm_head_weight()
             if lm_head is not None:
                 self.head.weight[rows] = lm_head[: vocab.text_vocab_size]
+        # The backbone's own tables take no part in forward (the body runs on our embeddings): free
+        # them (two [V, H] tables, ~2.5 GB in bf16 at 8B); save_pretrained writes them back from ours.
+        backbone.release_token_tables(vocab.text_vocab_size)
         k = vocab.num_codebooks
         self.stream_embed = nn.Parameter(torch.zeros(max(k - 1, 0), hidden, dtype=dtype))
         self.codebook_heads = (
@@ -364,8 +367,18 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
         skip = ("codec.", "backbone.", "encoder.")
         return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
 
+    def text_token_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text rows ``[text_vocab_size, H]`` of the embedding table and of the shared head, in the
+        tokenizer's id order: what the backbone's own token tables hold for a standalone export."""
+        rows = slice(self.vocab.text_offset, self.vocab.codec_offset)
+        return self.embed.weight.detach()[rows], self.head.weight.detach()[rows]
+
     def save_pretrained(self, directory: str | Path) -> Path:
-        """``config.json`` + ``model.safetensors`` + one sub-directory per component (each reloadable alone)."""
+        """``config.json`` + ``model.safetensors`` + one sub-directory per component (each reloadable alone).
+
+        ``backbone/`` is a whole transformers checkpoint whose token tables hold this model's text rows
+        (trained ones included), so it also loads as a plain causal LM.
+        """
         from safetensors.torch import save_file
 
         if self.config is None:
@@ -381,7 +394,10 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
         ):
             if component is None:
                 continue
-            component.save_pretrained(directory / name)
+            if component is self.backbone:
+                component.save_pretrained(directory / name, token_tables=self.text_token_rows())
+            else:
+                component.save_pretrained(directory / name)
             spec = {k: v for k, v in cfg[name].items() if k not in ("preset", "config", "seed")}
             cfg[name] = {**spec, "pretrained": name}
         state = {k: v.detach().contiguous().cpu() for k, v in self.own_state_dict().items()}

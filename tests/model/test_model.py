@@ -108,12 +108,57 @@ def test_embedding_sums_streams_and_ignores_codec_pads(model):
 
 
 def test_text_rows_come_from_the_pretrained_lm(model):
+    from bagpiper_lib import backbones
+
     v = model.vocab
-    text = model.backbone.text_embeddings()[: v.text_vocab_size]
+    fresh = backbones.build(PRESETS["tiny"]["backbone"])  # the same seeded weights the model was built on
+    text = fresh.text_embeddings()[: v.text_vocab_size]
     assert torch.equal(model.embed.weight[v.text_offset : v.codec_offset], text)
-    head = model.backbone.lm_head_weight()[: v.text_vocab_size]
+    head = fresh.lm_head_weight()[: v.text_vocab_size]
     assert torch.equal(model.head.weight[v.text_offset : v.codec_offset], head)
     assert not model.stream_embed.any()  # zero-initialised per-stream embeddings
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_backbone_token_tables_are_freed_and_exported_from_the_model(tmp_path, tied):
+    """The backbone's own embedding table and LM head are released once copied (no [V, H] duplicates in
+    the parameters or checkpoints); its saved directory is a whole transformers checkpoint holding the
+    model's text rows (trained ones included) and the backbone's spare rows."""
+    from transformers import AutoModelForCausalLM
+
+    from bagpiper_lib import backbones
+
+    backbone_spec = {**PRESETS["tiny"]["backbone"], "config": {"tie_word_embeddings": tied}}
+    cfg = tiny_config(backbone=backbone_spec)
+    fresh = backbones.build(backbone_spec)
+    torch.manual_seed(0)
+    model = BagpiperModel.from_config(cfg)
+    v, b = model.vocab, model.backbone
+    assert b.released and b.tied_head is tied
+    assert not any("embed_tokens" in k or "lm_head" in k for k in model.state_dict())
+    table_params = fresh.text_embeddings().numel() * (1 if tied else 2)
+    assert sum(p.numel() for p in fresh.parameters()) - sum(p.numel() for p in b.parameters()) == table_params
+    with pytest.raises(RuntimeError, match="released"):
+        b.text_embeddings()
+    with pytest.raises(ValueError, match="token_tables"):
+        b.save_pretrained(tmp_path / "bare")
+    with torch.no_grad():  # stands in for training: the model's text rows move away from the pretrained ones
+        model.embed.weight[v.text_offset : v.codec_offset] += 1.0
+        model.head.weight[v.text_offset : v.codec_offset] -= 1.0
+    model.save_pretrained(tmp_path / "m")
+    assert b.released and b.lm.get_input_embeddings() is None  # released again after the export
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m" / "backbone")
+    embed, head = hf.get_input_embeddings().weight, hf.get_output_embeddings().weight
+    n = v.text_vocab_size
+    assert embed.shape == fresh.text_embeddings().shape
+    assert torch.equal(embed[:n], model.embed.weight[v.text_offset : v.codec_offset])
+    assert torch.equal(embed[n:], fresh.text_embeddings()[n:])  # spare rows kept
+    expected_head = embed[:n] if tied else model.head.weight[v.text_offset : v.codec_offset]
+    assert torch.equal(head[:n], expected_head)
+    loaded = BagpiperModel.from_pretrained(tmp_path / "m")
+    batch = pack(samples(model), budget=256, pad_ids=model._stream_pads)
+    assert torch.equal(model(batch).loss, loaded(batch).loss)
+    assert loaded.backbone.released
 
 
 def test_audio_features_replace_placeholders(model):
