@@ -206,16 +206,16 @@ def segmented_sdpa_forward(
     kernel = _varlen_kernel(query, dropout)
     if kernel is not None:  # one fused launch for every sample (CUDA, half precision)
         longest = kwargs.get("max_length_q")
-        if longest is None:
-            longest = int(offsets.diff().max())
+        longest = int(offsets.diff().max()) if longest is None else int(longest)
+        cu_seqlens = offsets.to(torch.int32)
         out = kernel(
             query[0].transpose(0, 1),
             key[0].transpose(0, 1),
             value[0].transpose(0, 1),
-            offsets.to(torch.int32),
-            offsets.to(torch.int32),
-            int(longest),
-            int(longest),
+            cu_seqlens,
+            cu_seqlens,
+            longest,
+            longest,
             scale=scaling,
             window_size=(-1, 0),
         )

@@ -300,8 +300,8 @@ class _Decoder:
             else:
                 col[k] = lo  # forced pad
         if r.frames is not None:  # stream 0 ended this step: no stream may hold a frame >= T
-            invalid = on_grid & (frame >= r.frames)
-            col[invalid.to(col.device)] = v.codec_pad_ids().to(col.device)[invalid.to(col.device)]
+            invalid = (on_grid & (frame >= r.frames)).to(col.device)
+            col[invalid] = v.codec_pad_ids().to(col.device)[invalid]
         r.current.steps.append(col.clone())
         r.mirror = True
         r.step += 1

@@ -102,9 +102,8 @@ class SequenceBuilder:
         self.pattern = pattern
         self.audio_in_length = audio_in_length
         self.max_length = max_length
-        self._codec_pads = (
-            vocab.codec_pad_ids().cpu()
-        )  # samples are built on the CPU, whatever the default device
+        # samples are built on the CPU, whatever the default device was when the builder was made
+        self._codec_pads = vocab.codec_pad_ids().cpu()
 
     @property
     def num_streams(self) -> int:
