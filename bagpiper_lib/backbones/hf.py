@@ -491,15 +491,16 @@ class Backbone(torch.nn.Module):
         return inputs_embeds if inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
 
     def _body_dtype(self) -> torch.dtype:
-        """The dtype the body computes in (of its final norm; cheap enough to ask on every decode step)."""
-        norm = getattr(self.body, "norm", None)
-        weight = getattr(norm, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            return weight.dtype
+        """The dtype the body computes in (cheap enough to ask on every decode step)."""
         return self._body_weight().dtype
 
     def _body_weight(self) -> torch.Tensor:
-        """A floating weight of the body (its dtype and device are the body's)."""
+        """The body's final norm weight (else its first floating weight): its dtype and device are the
+        ones the body computes in, also inside an FSDP mixed-precision forward, where the root unit
+        holding the norm is gathered in the compute dtype while decoder layers are not yet."""
+        weight = getattr(getattr(self.body, "norm", None), "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return weight
         return next(p for p in self.body.parameters() if p.is_floating_point())
 
     def _check_positions(self, position_ids: torch.Tensor, cache) -> tuple[bool, int | None]:

@@ -377,3 +377,72 @@ def test_checkpoints_with_the_backbone_token_tables_still_load():
     for key, value in state.items():
         assert torch.equal(lit.state_dict()[key], value), key
     assert lit.model.backbone.lm.get_input_embeddings() is None
+
+
+def _fsdp_redirect_worker(rank: int, world: int, store: str, out: str) -> None:
+    """FSDP around the LitModule itself, bf16 mixed precision, as Lightning's FSDPStrategy sets it up;
+    the report's first loss, a training forward and the probe all enter through the root."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies.strategy import _ForwardRedirection
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import MixedPrecision
+
+    import recipes.module as module
+    from bagpiper_lib.data import synthetic
+    from recipes.distributed import bagpiper_wrap_policy
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    lit = _lit()
+    lit.probe_spec.update(num_clips=1, max_steps=4, audio_examples=1, audio_max_steps=3)
+    batch = pack(_fsdp_rows(lit.model), budget=256, pad_ids=lit.model._stream_pads)
+    bf16 = torch.bfloat16
+    precision = MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16)
+    root = FSDP(
+        lit,
+        auto_wrap_policy=bagpiper_wrap_policy,
+        use_orig_params=True,
+        device_id=torch.device("cpu"),
+        mixed_precision=precision,
+    )
+    strategy = SimpleNamespace(
+        model=root,
+        _forward_redirection=_ForwardRedirection(),
+        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
+    )
+    (record,) = synthetic.generate(1, seed=0, split="heldout", duration=(1.0, 1.0))
+    datamodule = SimpleNamespace(val_dataloader=lambda: [batch], val_records=[record])
+    lit._trainer = SimpleNamespace(world_size=world, strategy=strategy, datamodule=datamodule)
+    module._shards_weights = lambda s: s is strategy
+    first = lit.through_strategy("initial_val_loss")  # before any step: the root must come first
+    out_step = strategy._forward_redirection(root, lit, "_run", batch)  # a training forward
+    out_step.loss.backward()
+    captions, wavs = lit.through_strategy("_probe_generate")
+    if rank == 0:
+        torch.save(
+            {"first": first, "step": float(out_step.loss), "captions": captions, "wav": wavs[0].float()}, out
+        )
+    dist.destroy_process_group()
+
+
+def test_fsdp_root_first_forwards_with_bf16_mixed_precision(tmp_path: Path):
+    """FSDP wrapping the LitModule (as Lightning does) with bf16 mixed precision: the report's first
+    validation loss, a training forward and backward, and the probe's captions and audio run through
+    the root. Each of these failed on an H100 before (an inner unit made itself the root; the
+    mixed-precision input cast could not rebuild a packed batch; bf16 mel buffers). The losses match an
+    unwrapped bf16 model's."""
+    out = tmp_path / "redirect.pt"
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_fsdp_redirect_worker, args=(1, str(tmp_path / "store"), str(out)), nprocs=1, join=True)
+    got = torch.load(out, weights_only=True)
+    lit = _lit()
+    batch = pack(_fsdp_rows(lit.model), budget=256, pad_ids=lit.model._stream_pads)
+    lit.to(torch.bfloat16)
+    with torch.no_grad():
+        expected = float(lit.model(batch).loss)
+    assert abs(got["first"] - expected) < 0.05 * expected
+    assert abs(got["step"] - expected) < 0.05 * expected
+    assert len(got["captions"]) == 1 and isinstance(got["captions"][0], str)
+    assert got["wav"].dim() == 1 and bool(torch.isfinite(got["wav"]).all())
