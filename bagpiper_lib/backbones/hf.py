@@ -187,7 +187,7 @@ class Backbone(torch.nn.Module):
         tied = self.tied_head
         spare_head = None if head is None or tied else head.weight.detach()[keep:].clone()
         self._spare_rows = (embed.weight.detach()[keep:].clone(), spare_head)
-        self._released_tied, self._has_head, self._kept_rows = tied, head is not None, int(keep)
+        self._released_tied, self._kept_rows = tied, int(keep)
         # where the tables live (set_output_embeddings is a no-op for some transformers models)
         names = {id(m): n for n, m in self.lm.named_modules()}
         self._table_paths = (names[id(embed)], None if head is None else names[id(head)])
@@ -212,7 +212,7 @@ class Backbone(torch.nn.Module):
         embed = torch.nn.Embedding(*table.shape, dtype=table.dtype)
         embed.weight = torch.nn.Parameter(table, requires_grad=False)
         head = None
-        if self._has_head:
+        if self._table_paths[1] is not None:  # the model has an LM head
             head = torch.nn.Linear(self.hidden_size, table.shape[0], bias=False, dtype=table.dtype)
             if self._released_tied:
                 head.weight = embed.weight

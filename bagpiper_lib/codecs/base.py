@@ -153,10 +153,10 @@ class AudioCodec(nn.Module, abc.ABC):
         precision cast parameters and buffers separately), and the reference implementations add float32
         intermediates to half-precision ones; autocast runs every matmul and convolution in one dtype.
         """
-        weight = next((t for t in self._tensors() if t.is_floating_point()), None)  # first: O(1)
-        if weight is None or weight.dtype not in (torch.bfloat16, torch.float16):
+        dtype = self.dtype  # the first floating tensor's: O(1)
+        if dtype not in (torch.bfloat16, torch.float16):
             return contextlib.nullcontext()
-        return torch.autocast(weight.device.type, dtype=weight.dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def _encode_padded(self, wav: torch.Tensor) -> torch.Tensor:
         n = wav.shape[-1]

@@ -127,10 +127,7 @@ class LogMelSpectrogram(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        if self.window.dtype != torch.float32:  # a cast to half precision: rebuild exact float32 buffers
-            device = self.window.device
-            self.window = self._make_window().to(device)
-            self.filters = self._make_filters().to(device)
+        self.window, self.filters = self._float_buffers()  # a cast to half precision: rebuilt exactly
         return self
 
     def _float_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
