@@ -75,6 +75,21 @@ def test_chunked_loss_equals_naive_loss_and_gradients(model):
     assert torch.isfinite(out.text_loss) and torch.isfinite(out.audio_loss)
 
 
+def test_training_step_under_bf16_autocast(model):
+    """Lightning's bf16-mixed runs the loss under autocast with float32 weights: the head product is
+    bf16, the softmax normalisers stay float32, and every trainable weight gets a float32 gradient."""
+    batch = pack(samples(model), budget=256, pad_ids=model._stream_pads)
+    full = model(batch).loss
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(batch).loss
+    grads = torch.autograd.grad(mixed, params, allow_unused=True)
+    assert mixed.dtype == torch.float32
+    assert abs(mixed.item() - full.item()) < 0.02 * full.item()
+    assert grads[params.index(model.stream_embed)] is not None  # the shared codec streams' shift
+    assert all(g is None or (g.dtype == torch.float32 and bool(torch.isfinite(g).all())) for g in grads)
+
+
 def test_packed_and_padded_batches_give_the_same_loss(model):
     items = samples(model)
     packed = model(pack(items, budget=256, pad_ids=model._stream_pads))
