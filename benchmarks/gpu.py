@@ -10,6 +10,12 @@ tokenizer (151,669 text ids, 160k-id multimodal vocabulary), the tiny X-Codec vo
   count ``6 x params x tokens`` for the body, ``6 x H x (V + (K - 1) x codec ids)`` per target position
   for the head as the loss computes it, and causal attention ``6 x layers x heads x head_dim x sum(len^2)``
   over packed samples; the loss's recomputation is not counted (it is hardware, not model, work).
+* ``gpu.loss_alignment``: seconds of the same training step with the loss's logits rows padded to a
+  multiple of 16 elements (``loss.LOGIT_ALIGN``, the CUDA default) vs dense rows of the vocabulary
+  slice's own width (target: ratio <= 1).
+* ``gpu.compiled_layers``: seconds of the same training step with every decoder layer through
+  ``torch.compile`` (``Backbone.compile_layers``, inductor) vs eager layers; ``details.compile_s`` is the
+  first (compiling) step. ``gpu.mfu`` reports the faster of the two and records both.
 * ``gpu.packed_attention``: seconds of the same training step with torch's fused varlen flash-attention
   kernel (the default on CUDA) vs one causal SDPA call per packed sample (target: ratio <= 1).
 * ``gpu.generate``: audio tokens/s of ``generate`` (plan ``["audio"]``, guided, cfg_scale 3) vs real
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import torch
@@ -160,39 +167,40 @@ def run(size: str = "full") -> list[dict[str, Any]]:
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step_s, times = median_time(train_step, repeats, warmup=2)
-    flops = model_flops(model, batch)
-    peak = peak_flops(name) if device == "cuda" else None
+    eager_s, _ = median_time(train_step, repeats, warmup=2)
+    eager_memory = torch.cuda.max_memory_allocated() if device == "cuda" else None
     results = []
-    details = {
-        "device": name,
-        "dtype": "bfloat16",
-        "params": sum(p.numel() for p in model.parameters()),
-        "tokens": int(batch.attention_mask.sum()),
-        "rows": batch.num_rows,
-        "row_length": batch.row_length,
-        "step_s": step_s,
-        "model_flops_per_step": flops,
-        "attn_implementation": model.backbone.attn_implementation,
-        "max_memory_allocated": torch.cuda.max_memory_allocated() if device == "cuda" else None,
-    }
-    if peak is None:
-        results.append(skipped("gpu.mfu", f"peak bf16 FLOPs of {name!r} unknown", unit="FLOPs/s"))
-        results[-1]["value"] = flops / step_s
-        results[-1]["details"] = details
-    else:
-        results.append(
-            entry(
-                "gpu.mfu",
-                flops / step_s,
-                peak,
-                unit="FLOPs/s (bf16)",
-                baseline_name=f"peak dense bf16 of {name}",
-                target=Target("ratio", ">=", 0.40) if "H100" in name or "H200" in name else None,
-                repeats=repeats,
-                **details,
-            )
+
+    # ------------------------------------------------------------------ aligned loss buffers
+    from bagpiper_lib.model import loss as loss_module
+
+    aligned = loss_module.LOGIT_ALIGN if device == "cuda" else 16  # the CPU check forces the padding
+
+    def aligned_step():
+        loss_module.LOGIT_ALIGN = aligned
+        train_step()
+
+    def dense_rows_step():
+        loss_module.LOGIT_ALIGN = 1
+        try:
+            train_step()
+        finally:
+            loss_module.LOGIT_ALIGN = aligned
+
+    aligned_s, dense_s, _ = time_pair(aligned_step, dense_rows_step, repeats)
+    loss_module.LOGIT_ALIGN = None
+    results.append(
+        entry(
+            "gpu.loss_alignment",
+            aligned_s,
+            dense_s,
+            unit="s per training step",
+            baseline_name="logits rows of the vocabulary slice's own width (LOGIT_ALIGN=1)",
+            target=Target("ratio", "<=", 1.0),
+            repeats=repeats,
+            device=name,
         )
+    )
 
     # ------------------------------------------------------------------ packed attention kernels
     if device == "cuda":
@@ -224,6 +232,76 @@ def run(size: str = "full") -> list[dict[str, Any]]:
                     samples=int(batch.cu_seqlens.numel() - 1),
                 )
             )
+
+    # ------------------------------------------------------------------ compiled decoder layers
+    step_s, compile_error, compile_s = eager_s, None, None
+    try:  # the CPU check compiles with aot_eager (no C++ build)
+        model.backbone.compile_layers(**({} if device == "cuda" else {"backend": "aot_eager"}))
+        start = time.perf_counter()
+        train_step()  # compiles (forward and backward)
+        synchronize()
+        compile_s = time.perf_counter() - start
+        compiled_s, _ = median_time(train_step, repeats, warmup=1)
+    except Exception as error:  # noqa: BLE001 - report the failure, keep the eager numbers
+        compile_error = f"{type(error).__name__}: {error}"[:500]
+        model.backbone.compile_layers(False)
+        results.append(skipped("gpu.compiled_layers", compile_error, unit="s"))
+    else:
+        results.append(
+            entry(
+                "gpu.compiled_layers",
+                compiled_s,
+                eager_s,
+                unit="s per training step",
+                baseline_name="eager decoder layers",
+                target=Target("ratio", "<=", 1.0),
+                repeats=repeats,
+                device=name,
+                compile_s=compile_s,
+            )
+        )
+        step_s = min(compiled_s, eager_s)
+
+    # ------------------------------------------------------------------ MFU of the fastest step
+    flops = model_flops(model, batch)
+    peak = peak_flops(name) if device == "cuda" else None
+    details = {
+        "device": name,
+        "dtype": "bfloat16",
+        "params": sum(p.numel() for p in model.parameters()),
+        "tokens": int(batch.attention_mask.sum()),
+        "rows": batch.num_rows,
+        "row_length": batch.row_length,
+        "step_s": step_s,
+        "eager_step_s": eager_s,
+        "eager_mfu": flops / eager_s / peak if peak else None,
+        "compiled_layers": step_s != eager_s,
+        "compile_error": compile_error,
+        "model_flops_per_step": flops,
+        "attn_implementation": model.backbone.attn_implementation,
+        "max_memory_allocated": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+        "eager_max_memory_allocated": eager_memory,
+    }
+    if peak is None:
+        results.insert(0, skipped("gpu.mfu", f"peak bf16 FLOPs of {name!r} unknown", unit="FLOPs/s"))
+        results[0]["value"] = flops / step_s
+        results[0]["details"] = details
+    else:
+        results.insert(
+            0,
+            entry(
+                "gpu.mfu",
+                flops / step_s,
+                peak,
+                unit="FLOPs/s (bf16)",
+                baseline_name=f"peak dense bf16 of {name}",
+                target=Target("ratio", ">=", 0.40) if "H100" in name or "H200" in name else None,
+                repeats=repeats,
+                **details,
+            ),
+        )
+    if model.backbone.layers_compiled:  # decoding runs eager (its prefill shapes would each compile)
+        model.backbone.compile_layers(False)
 
     # ------------------------------------------------------------------ audio generation tokens/s
     from bagpiper_lib.sequence.messages import Message

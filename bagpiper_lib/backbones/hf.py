@@ -59,6 +59,8 @@ class Backbone(torch.nn.Module):
         dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or a ``torch.dtype``); ``None`` is
             float32 for random init and the checkpoint's stored dtype (``"auto"``) for ``pretrained``.
         gradient_checkpointing: recompute decoder layers in backward (train mode only).
+        compile_layers: ``torch.compile`` each decoder layer (regional compilation, see
+            :meth:`compile_layers`); ``True`` for the defaults or a dict of ``torch.compile`` options.
         trainable: ``False`` freezes every parameter (the training recipe's warm-up stage).
         seed: RNG seed of random init, so a preset builds the same weights every time.
         local_files_only: never download (default); set ``False`` to fetch a hub id.
@@ -75,6 +77,7 @@ class Backbone(torch.nn.Module):
         attn_implementation: str = "sdpa",
         dtype: str | torch.dtype | None = None,
         gradient_checkpointing: bool = False,
+        compile_layers: bool | dict[str, Any] = False,
         trainable: bool = True,
         seed: int = 0,
         local_files_only: bool = True,
@@ -118,6 +121,9 @@ class Backbone(torch.nn.Module):
         self._released_tied = False
         self.set_gradient_checkpointing(gradient_checkpointing)
         self.set_trainable(trainable)
+        self.layers_compiled: bool = False
+        if compile_layers:
+            self.compile_layers(**(compile_layers if isinstance(compile_layers, dict) else {}))
         # Decode steps of Llama-family bodies run the layers directly (see _direct_decode); False
         # always goes through the transformers model (e.g. to have forward hooks on its layers run).
         self.direct_decode: bool = True
@@ -248,6 +254,39 @@ class Backbone(torch.nn.Module):
         else:
             lm.gradient_checkpointing_disable()
 
+    def compile_layers(self, enabled: bool = True, **options: Any) -> None:
+        """``torch.compile`` every decoder layer in place (or undo it with ``enabled=False``).
+
+        Regional compilation: the layers share one class and one compiled graph (parameters are graph
+        inputs), so a 28-layer body compiles once, and the elementwise work between the matmuls
+        (RMSNorm in float32, rotary, SwiGLU) fuses into a few kernels. Parameter names, state dicts and
+        checkpoints are unchanged; decode steps run the layers' submodules directly (not compiled).
+        Where it pays: CUDA training; the first steps pay the compilation (tens of seconds), and new
+        shapes (another packed row length, a prefill length) may compile again.
+
+        Args:
+            enabled: compile (True) or restore the eager layers (False).
+            **options: ``torch.compile`` keyword arguments (``mode``, ``backend``, ``dynamic``,
+                ``fullgraph``, ``options``).
+        """
+        known = {"mode", "backend", "dynamic", "fullgraph", "options", "disable"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"compile_layers: unknown torch.compile option(s) {unknown}; known: {sorted(known)}"
+            )
+        layers = getattr(self.body, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+            raise ValueError(
+                f"compile_layers: the {self.model_type!r} body has no `layers` ModuleList to compile"
+            )
+        for layer in layers:
+            if enabled:
+                layer.compile(**options)
+            else:
+                layer._compiled_call_impl = None
+        self.layers_compiled = bool(enabled)
+
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """Switch the attention kernel of a built backbone (same names as the constructor)."""
         check_attn_implementation(attn_implementation)
@@ -372,7 +411,8 @@ class Backbone(torch.nn.Module):
             attention_kwargs["attention_mask"] = torch.ones((), dtype=torch.bool, device=x.device).expand(
                 1, 1, total, total
             )
-            attention_kwargs["segment_bounds"] = offsets["cu_seq_lens_q"].tolist()
+            if not self.layers_compiled:  # a list argument would make every new packing recompile
+                attention_kwargs["segment_bounds"] = offsets["cu_seq_lens_q"].tolist()
         out = self.body(
             inputs_embeds=x.reshape(1, batch * length, hidden),
             position_ids=position_ids.reshape(1, batch * length),
@@ -563,7 +603,8 @@ class Backbone(torch.nn.Module):
     def extra_repr(self) -> str:
         return (
             f"model_type={self.model_type!r}, hidden_size={self.hidden_size}, attn={self.attn_implementation!r}, "
-            f"trainable={self.trainable}, gradient_checkpointing={self.gradient_checkpointing}"
+            f"trainable={self.trainable}, gradient_checkpointing={self.gradient_checkpointing}, "
+            f"layers_compiled={self.layers_compiled}"
         )
 
 

@@ -250,11 +250,13 @@ def _varlen_kernel(query: torch.Tensor, dropout: float):
         return None
     if query.dtype not in (torch.float16, torch.bfloat16) or query.shape[-1] > 256:
         return None
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch < 2.9
-        return None
-    return varlen_attn
+    return _VARLEN_ATTN
+
+
+try:  # resolved once: an import inside the call would sit in every compiled decoder layer
+    from torch.nn.attention.varlen import varlen_attn as _VARLEN_ATTN
+except ImportError:  # torch < 2.9
+    _VARLEN_ATTN = None
 
 
 def register_segmented_sdpa() -> str:

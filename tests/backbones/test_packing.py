@@ -274,3 +274,61 @@ def test_varlen_kernel_on_gpu_matches_each_sample_alone():
     (grad_alone,) = torch.autograd.grad(alone.float().square().sum(), x_alone)
     torch.testing.assert_close(packed, alone, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(grad_packed, grad_alone, atol=3e-2, rtol=3e-2)
+
+
+def test_compiled_layers_equal_eager_layers_on_packed_rows(monkeypatch):
+    """Regional compilation (each decoder layer through torch.compile; aot_eager here, inductor on a
+    GPU) gives the eager outputs and input gradients on packed rows, keeps the parameter names, and
+    ``compile_layers(False)`` restores the eager layers."""
+    import torch._dynamo
+    from torch._dynamo.backends.registry import lookup_backend
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(graph, example_inputs):  # aot_eager, counting the graphs it is given
+        graphs.append(graph)
+        return lookup_backend("aot_eager")(graph, example_inputs)
+
+    eager = tiny("qwen3").train()
+    compiled = tiny("qwen3", compile_layers={"backend": counting}).train()
+    assert compiled.layers_compiled and all(
+        layer._compiled_call_impl is not None for layer in compiled.body.layers
+    )
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    results = []
+    for backbone in (eager, compiled):
+        x = embeds(1, sum(LENGTHS)).requires_grad_(True)
+        out = backbone(x, positions(*LENGTHS))
+        results.append((out, *torch.autograd.grad(out.square().sum(), x)))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=0)
+    assert graphs, "no layer went through torch.compile"
+    # the CUDA path under compilation: one kernel call per layer with the offsets (a reference kernel)
+    calls = []
+
+    def reference_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        calls.append(max_q)
+        bounds = cu_q.tolist()
+        return torch.cat(
+            [
+                torch.nn.functional.scaled_dot_product_attention(
+                    q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), is_causal=True
+                ).transpose(0, 1)
+                for s, e in zip(bounds[:-1], bounds[1:])
+            ]
+        )
+
+    monkeypatch.setattr(packing, "_varlen_kernel", lambda query, dropout: reference_kernel)
+    x = embeds(1, sum(LENGTHS))
+    torch.testing.assert_close(
+        compiled(x, positions(*LENGTHS)), eager(x, positions(*LENGTHS)), atol=1e-5, rtol=0
+    )
+    assert calls == [5] * (2 * len(compiled.body.layers))  # eager's layers and the compiled ones
+    compiled.compile_layers(False)
+    assert not compiled.layers_compiled and all(
+        layer._compiled_call_impl is None for layer in compiled.body.layers
+    )
+    with pytest.raises(ValueError, match="unknown torch.compile option.*'modes'"):
+        compiled.compile_layers(modes="max-autotune")
+    torch._dynamo.reset()
