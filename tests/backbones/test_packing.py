@@ -332,3 +332,24 @@ def test_compiled_layers_equal_eager_layers_on_packed_rows(monkeypatch):
     with pytest.raises(ValueError, match="unknown torch.compile option.*'modes'"):
         compiled.compile_layers(modes="max-autotune")
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor's GPU kernels need CUDA")
+def test_compiled_layers_on_gpu_match_eager_with_the_varlen_kernel():
+    """bf16 on CUDA, inductor: compiled layers around the fused varlen kernel give the eager layers'
+    packed outputs and input gradients."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = tiny("qwen3").cuda().to(torch.bfloat16).train()
+    compiled = tiny("qwen3").cuda().to(torch.bfloat16).train()
+    compiled.compile_layers()
+    pos = positions(*LENGTHS).expand(2, -1).cuda()
+    results = []
+    for backbone in (eager, compiled):
+        x = embeds(2, sum(LENGTHS)).cuda().to(torch.bfloat16).requires_grad_(True)
+        out = backbone(x, pos)
+        results.append((out, *torch.autograd.grad(out.float().square().sum(), x)))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=3e-2, rtol=3e-2)
+    torch._dynamo.reset()
