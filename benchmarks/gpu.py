@@ -54,7 +54,15 @@ QWEN3_0_6B: dict[str, Any] = {
 }
 
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"backbone": QWEN3_0_6B, "budget": 4096, "rows": 4, "frames": 256, "gen_rows": 4, "repeats": 5},
+    "full": {
+        "backbone": QWEN3_0_6B,
+        "budget": 4096,
+        "rows": 4,
+        "frames": 256,
+        "gen_rows": 4,
+        "repeats": 5,
+        "gen_repeats": 3,
+    },
     "quick": {"backbone": QWEN3_0_6B, "budget": 2048, "rows": 2, "frames": 64, "gen_rows": 2, "repeats": 3},
     "smoke": {"backbone": None, "budget": 512, "rows": 1, "frames": 4, "gen_rows": 1, "repeats": 1},
 }
@@ -317,7 +325,7 @@ def run(size: str = "full") -> list[dict[str, Any]]:
     def generate():
         return model.generate(prompts, ["audio"], text={"max_steps": 1}, audio=audio, seed=0)
 
-    gen_s, _ = median_time(generate, repeats)
+    gen_s, _ = median_time(generate, cfg.get("gen_repeats", repeats))
     k = model.vocab.num_codebooks
     tokens_per_s = len(prompts) * frames * k / gen_s
     results.append(
@@ -327,7 +335,7 @@ def run(size: str = "full") -> list[dict[str, Any]]:
             model.codec.frame_rate * k,
             unit="audio tokens/s",
             baseline_name="real time (frame rate x K)",
-            repeats=repeats,
+            repeats=cfg.get("gen_repeats", repeats),
             device=name,
             rows=len(prompts),
             frames=frames,
