@@ -435,6 +435,18 @@ class BagpiperLitModule(L.LightningModule):
         if isinstance(root, FullyShardedDataParallel) and gradient_clip_algorithm in (None, "norm"):
             root.clip_grad_norm_(float(gradient_clip_val))
             return
+        inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        scaler = getattr(self.trainer.strategy.precision_plugin, "scaler", None)
+        if getattr(inner, "_step_supports_amp_scaling", False) and scaler is None:
+            # Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales
+            # gradients itself (the fused AdamW), for the sake of fp16's GradScaler. bf16 has no scaler
+            # and nothing to unscale: the gradients are final here, so clip them as Lightning would.
+            params = [p for group in inner.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+            else:
+                torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+            return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
@@ -449,7 +461,10 @@ class BagpiperLitModule(L.LightningModule):
         ]
         fused = spec.get("fused")
         if fused is None:  # one fused kernel per step on GPUs (foreach: a quarter of a 0.6B step on an H100)
-            fused = all(p.is_cuda for p in params) and not _is_deepspeed(self._trainer)
+            # not under DeepSpeed (its own optimizer wrapper) nor fp16's GradScaler, which would leave the
+            # unscaling to the fused step, after gradient clipping has seen scaled gradients
+            fp16 = str(getattr(self._trainer, "precision", "")).startswith("16")
+            fused = all(p.is_cuda for p in params) and not _is_deepspeed(self._trainer) and not fp16
         optimizer = torch.optim.AdamW(
             groups,
             lr=float(spec["lr"]),

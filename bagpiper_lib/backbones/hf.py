@@ -434,7 +434,11 @@ class Backbone(torch.nn.Module):
         if not layers or not all(hasattr(layer, "cumulative_length") for layer in layers):
             return False  # a StaticCache (transformers >= 5) only
         types = getattr(self.lm.config, "layer_types", None) or ["full_attention"]
-        return set(types) == {"full_attention"} and len(layers) == len(self.body.layers)
+        if set(types) != {"full_attention"} or len(layers) != len(self.body.layers):
+            return False
+        # FSDP gathers (and casts) a layer's weights in the layer's own forward, which the direct path
+        # skips: it reads the submodules' weights as they are between forwards (sharded, float32)
+        return not any(_sharded_unit(layer) for layer in self.body.layers)
 
     def _direct_decode(
         self, x: torch.Tensor, position_ids: torch.Tensor, cache, mask, cached: int
@@ -610,6 +614,13 @@ class Backbone(torch.nn.Module):
 
 _DIRECT_DECODE_TYPES = ("qwen3", "qwen2", "llama")
 _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa=
+
+
+def _sharded_unit(module: torch.nn.Module) -> bool:
+    """True for an FSDP unit: a ``FullyShardedDataParallel`` wrapper or a ``fully_shard``-ed module."""
+    return hasattr(module, "_fsdp_wrapped_module") or any(
+        cls.__name__ == "FSDPModule" for cls in type(module).__mro__
+    )
 
 
 def _rotary_function(attention: torch.nn.Module):

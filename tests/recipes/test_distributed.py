@@ -419,6 +419,7 @@ def _fsdp_redirect_worker(rank: int, world: int, store: str, out: str) -> None:
     first = lit.through_strategy("initial_val_loss")  # before any step: the root must come first
     out_step = strategy._forward_redirection(root, lit, "_run", batch)  # a training forward
     out_step.loss.backward()
+    root.eval()  # as in Lightning's validation, where the probe runs: decode steps take the eval paths
     captions, wavs = lit.through_strategy("_probe_generate")
     if rank == 0:
         torch.save(

@@ -245,3 +245,24 @@ def test_missing_data_path_and_bad_init_checkpoint(tmp_path):
         )
     with pytest.raises(FileNotFoundError, match="model.init_from"):
         run_fit(tmp_path, "--trainer.max_steps=1", "--model.init_from=/nowhere/last.ckpt")
+
+
+def test_bf16_mixed_fit_clips_with_the_fused_optimizer(tmp_path, monkeypatch):
+    """bf16-mixed (autocast) with the fused AdamW, which ``optimizer.fused: null`` picks on GPUs, and
+    gradient clipping (every stage config): Lightning's mixed-precision plugin refuses to clip for an
+    optimizer that unscales itself, so the LitModule clips the (unscaled) bf16-run gradients itself."""
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        clipped.append(float(max_norm))
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    cli = run_fit(
+        tmp_path, "--trainer.max_steps=2", "--trainer.precision=bf16-mixed", "--model.optimizer.fused=true"
+    )
+    assert cli.trainer.global_step == 2
+    assert cli.model.configure_optimizers()["optimizer"].defaults["fused"] is True
+    assert clipped == [1.0, 1.0]
+    assert all(bool(torch.isfinite(p).all()) for p in cli.model.parameters())
