@@ -208,17 +208,8 @@ def segmented_sdpa_forward(
         longest = kwargs.get("max_length_q")
         longest = int(offsets.diff().max()) if longest is None else int(longest)
         cu_seqlens = offsets.to(torch.int32)
-        out = kernel(
-            query[0].transpose(0, 1),
-            key[0].transpose(0, 1),
-            value[0].transpose(0, 1),
-            cu_seqlens,
-            cu_seqlens,
-            longest,
-            longest,
-            scale=scaling,
-            window_size=(-1, 0),
-        )
+        out = _run_varlen(kernel, query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                          cu_seqlens, longest, scaling)  # fmt: skip
         return out.unsqueeze(0), None
     bounds = kwargs.get("segment_bounds") or offsets.tolist()
     out = torch.cat(
@@ -257,6 +248,16 @@ try:  # resolved once: an import inside the call would sit in every compiled dec
     from torch.nn.attention.varlen import varlen_attn as _VARLEN_ATTN
 except ImportError:  # torch < 2.9
     _VARLEN_ATTN = None
+
+
+@torch.compiler.disable
+def _run_varlen(kernel, query, key, value, cu_seqlens, longest, scaling):
+    """One causal varlen call, always eager: inside compiled decoder layers (``compile_layers``) the
+    traced kernel gave the eager forward but wrong input gradients on an H100, so the layers' graphs
+    break around it and the kernel runs as verified eagerly."""
+    return kernel(
+        query, key, value, cu_seqlens, cu_seqlens, longest, longest, scale=scaling, window_size=(-1, 0)
+    )
 
 
 def register_segmented_sdpa() -> str:

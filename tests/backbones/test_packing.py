@@ -350,7 +350,7 @@ def test_compiled_layers_on_gpu_match_eager_with_the_varlen_kernel():
         x = embeds(2, sum(LENGTHS)).cuda().to(torch.bfloat16).requires_grad_(True)
         out = backbone(x, pos)
         results.append((out, *torch.autograd.grad(out.float().square().sum(), x)))
-    for got, want in zip(results[1], results[0]):  # bf16: fused kernels round differently, so relative
-        got, want = got.float(), want.float()
-        assert float((got - want).norm() / want.norm()) < 2e-2
+    for what, got, want in zip(("outputs", "input gradients"), results[1], results[0]):
+        got, want = got.float(), want.float()  # bf16: fused kernels round differently, so relative
+        assert float((got - want).norm() / want.norm()) < 2e-2, what
     torch._dynamo.reset()
