@@ -252,9 +252,9 @@ except ImportError:  # torch < 2.9
 
 @torch.compiler.disable
 def _run_varlen(kernel, query, key, value, cu_seqlens, longest, scaling):
-    """One causal varlen call, always eager: inside compiled decoder layers (``compile_layers``) the
-    traced kernel gave the eager forward but wrong input gradients on an H100, so the layers' graphs
-    break around it and the kernel runs as verified eagerly."""
+    """One causal varlen call, always eager: compiled decoder layers (``compile_layers``) break their
+    graphs around it. The kernel's autograd under tracing is not verified on a GPU, its eager use is
+    (fits whose loss falls), and on an H100 the compiled 0.6B step took the same time either way."""
     return kernel(
         query, key, value, cu_seqlens, cu_seqlens, longest, longest, scale=scaling, window_size=(-1, 0)
     )

@@ -21,6 +21,15 @@ def run_alone(backbone, x: torch.Tensor, lengths=LENGTHS) -> torch.Tensor:
     return torch.cat(outs, dim=1)
 
 
+def projection(out: torch.Tensor) -> torch.Tensor:
+    """A scalar with well-conditioned input gradients: ``out`` dotted with a fixed random tensor.
+
+    (``out.square().sum()`` is not one: the backbone's output is RMS-normalised, so its sum of squares
+    is nearly constant and its gradient is rounding noise, about 1e-4 of this one's norm.)"""
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(123))
+    return (out.float() * weights.to(out.device)).sum()
+
+
 def test_segment_ids_and_mask_layout():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [4, 5, 6, 7, 8, 9, 0, 1, 2]])
     assert packing.segment_ids(pos).tolist() == [[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 1, 1]]
@@ -167,10 +176,10 @@ def test_sdpa_packed_rows_run_per_sample_without_a_dense_mask(monkeypatch):
     monkeypatch.setattr(packing, "block_causal_mask", no_dense_mask)
     x = embeds(1, sum(LENGTHS)).requires_grad_(True)
     packed = backbone(x, positions(*LENGTHS))
-    (grad_packed,) = torch.autograd.grad(packed.square().sum(), x)
+    (grad_packed,) = torch.autograd.grad(projection(packed), x)
     x_alone = x.detach().clone().requires_grad_(True)
     alone = run_alone(backbone, x_alone)
-    (grad_alone,) = torch.autograd.grad(alone.square().sum(), x_alone)
+    (grad_alone,) = torch.autograd.grad(projection(alone), x_alone)
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(grad_packed, grad_alone, atol=1e-5, rtol=0)
     # with a 2D padding mask the sdpa path falls back to the dense mask (which this test forbids)
@@ -268,12 +277,13 @@ def test_varlen_kernel_on_gpu_matches_each_sample_alone():
     x = embeds(2, sum(LENGTHS)).cuda().to(torch.bfloat16).requires_grad_(True)
     pos = positions(*LENGTHS).expand(2, -1).cuda()
     packed = backbone(x, pos)
-    (grad_packed,) = torch.autograd.grad(packed.float().square().sum(), x)
+    (grad_packed,) = torch.autograd.grad(projection(packed), x)
     x_alone = x.detach().clone().requires_grad_(True)
     alone = torch.cat([run_alone(backbone, x_alone[i : i + 1]) for i in range(2)])
-    (grad_alone,) = torch.autograd.grad(alone.float().square().sum(), x_alone)
-    torch.testing.assert_close(packed, alone, atol=3e-2, rtol=3e-2)
-    torch.testing.assert_close(grad_packed, grad_alone, atol=3e-2, rtol=3e-2)
+    (grad_alone,) = torch.autograd.grad(projection(alone), x_alone)
+    for what, got, want in (("outputs", packed, alone), ("input gradients", grad_packed, grad_alone)):
+        got, want = got.float(), want.float()  # bf16 rounding: compare by relative norm
+        assert float((got - want).norm() / want.norm()) < 2e-2, what
 
 
 def test_compiled_layers_equal_eager_layers_on_packed_rows(monkeypatch):
@@ -300,7 +310,7 @@ def test_compiled_layers_equal_eager_layers_on_packed_rows(monkeypatch):
     for backbone in (eager, compiled):
         x = embeds(1, sum(LENGTHS)).requires_grad_(True)
         out = backbone(x, positions(*LENGTHS))
-        results.append((out, *torch.autograd.grad(out.square().sum(), x)))
+        results.append((out, *torch.autograd.grad(projection(out), x)))
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=0)
     assert graphs, "no layer went through torch.compile"
@@ -349,7 +359,7 @@ def test_compiled_layers_on_gpu_match_eager_with_the_varlen_kernel():
     for backbone in (eager, compiled):
         x = embeds(2, sum(LENGTHS)).cuda().to(torch.bfloat16).requires_grad_(True)
         out = backbone(x, pos)
-        results.append((out, *torch.autograd.grad(out.float().square().sum(), x)))
+        results.append((out, *torch.autograd.grad(projection(out), x)))
     for what, got, want in zip(("outputs", "input gradients"), results[1], results[0]):
         got, want = got.float(), want.float()  # bf16: fused kernels round differently, so relative
         assert float((got - want).norm() / want.norm()) < 2e-2, what
