@@ -48,15 +48,22 @@ def random_codes(rng: torch.Generator, codebooks: int, frames: int, codebook_siz
     return torch.randint(0, codebook_size, (codebooks, frames), generator=rng)
 
 
-def pack_rows(samples: list, budget: int, rows: int, pad_ids: torch.Tensor):
-    """The first ``rows`` rows that ``plan_rows`` makes of ``samples`` (rows come in random order), packed."""
+def pack_rows(samples: list, budget: int, rows: int, pad_ids: torch.Tensor, *, fullest: bool = False):
+    """The first ``rows`` rows that ``plan_rows`` makes of ``samples`` (rows come in random order), packed.
+
+    ``fullest``: the ``rows`` fullest rows instead (a steady-state training batch: the corpus's last,
+    part-filled row is not among them)."""
     from bagpiper_lib.sequence import PackingPlan, collate_packed, plan_rows
 
     plan = plan_rows([len(s) for s in samples], budget)
-    picked = [i for row in plan.rows[:rows] for i in row]
+    chosen = plan.rows
+    if fullest:
+        chosen = sorted(chosen, key=lambda row: -sum(min(plan.lengths[i], budget) for i in row))
+    chosen = chosen[:rows]
+    picked = [i for row in chosen for i in row]
     local = {i: j for j, i in enumerate(picked)}
     sub = PackingPlan(
-        rows=[[local[i] for i in row] for row in plan.rows[:rows]],
+        rows=[[local[i] for i in row] for row in chosen],
         truncated=[],
         rejected=[],
         budget=budget,
