@@ -10,9 +10,6 @@ tokenizer (151,669 text ids, 160k-id multimodal vocabulary), the tiny X-Codec vo
   count ``6 x params x tokens`` for the body, ``6 x H x (V + (K - 1) x codec ids)`` per target position
   for the head as the loss computes it, and causal attention ``6 x layers x heads x head_dim x sum(len^2)``
   over packed samples; the loss's recomputation is not counted (it is hardware, not model, work).
-* ``gpu.loss_alignment``: seconds of the same training step with the loss's logits rows padded to a
-  multiple of 16 elements (``loss.LOGIT_ALIGN``, the CUDA default) vs dense rows of the vocabulary
-  slice's own width (target: ratio <= 1).
 * ``gpu.compiled_layers``: seconds of the same training step with every decoder layer through
   ``torch.compile`` (``Backbone.compile_layers``, inductor) vs eager layers; ``details.compile_s`` is the
   first (compiling) step. ``gpu.mfu`` reports the faster of the two and records both.
@@ -179,37 +176,6 @@ def run(size: str = "full") -> list[dict[str, Any]]:
     eager_s, _ = median_time(train_step, repeats, warmup=2)
     eager_memory = torch.cuda.max_memory_allocated() if device == "cuda" else None
     results = []
-
-    # ------------------------------------------------------------------ aligned loss buffers
-    from bagpiper_lib.model import loss as loss_module
-
-    aligned = loss_module.LOGIT_ALIGN if device == "cuda" else 16  # the CPU check forces the padding
-
-    def aligned_step():
-        loss_module.LOGIT_ALIGN = aligned
-        train_step()
-
-    def dense_rows_step():
-        loss_module.LOGIT_ALIGN = 1
-        try:
-            train_step()
-        finally:
-            loss_module.LOGIT_ALIGN = aligned
-
-    aligned_s, dense_s, _ = time_pair(aligned_step, dense_rows_step, repeats)
-    loss_module.LOGIT_ALIGN = None
-    results.append(
-        entry(
-            "gpu.loss_alignment",
-            aligned_s,
-            dense_s,
-            unit="s per training step",
-            baseline_name="logits rows of the vocabulary slice's own width (LOGIT_ALIGN=1)",
-            target=Target("ratio", "<=", 1.0),
-            repeats=repeats,
-            device=name,
-        )
-    )
 
     # ------------------------------------------------------------------ packed attention kernels
     if device == "cuda":

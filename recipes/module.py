@@ -436,8 +436,8 @@ class BagpiperLitModule(L.LightningModule):
             root.clip_grad_norm_(float(gradient_clip_val))
             return
         inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
-        scaler = getattr(self.trainer.strategy.precision_plugin, "scaler", None)
-        if getattr(inner, "_step_supports_amp_scaling", False) and scaler is None:
+        plugin = getattr(self.trainer.strategy, "precision_plugin", None)
+        if getattr(inner, "_step_supports_amp_scaling", False) and getattr(plugin, "scaler", None) is None:
             # Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales
             # gradients itself (the fused AdamW), for the sake of fp16's GradScaler. bf16 has no scaler
             # and nothing to unscale: the gradients are final here, so clip them as Lightning would.

@@ -172,30 +172,20 @@ class _Scratch:
 
     def __init__(self, device: torch.device):
         keep = device.type == "cpu"
-        self.slots: dict[tuple[str, torch.dtype], torch.Tensor] = _kept_scratch() if keep else {}
+        self.slots: dict[str, torch.Tensor] = _kept_scratch() if keep else {}
         self.device, self.keep = device, keep
-        self.align = LOGIT_ALIGN or (16 if device.type == "cuda" else 1)
 
-    def get(self, name: str, rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A ``[rows, cols]`` view whose row stride is ``cols`` rounded up to :data:`LOGIT_ALIGN`."""
-        stride = -(-cols // self.align) * self.align
-        need = rows * stride
-        flat = self.slots.get((name, dtype))
+    def get(self, name: str, rows: int, cols: int) -> torch.Tensor:
+        need = rows * cols
+        flat = self.slots.get(name)
         if flat is None or flat.numel() < need:
-            flat = torch.empty(need, dtype=dtype, device=self.device)
+            flat = torch.empty(need, dtype=torch.float32, device=self.device)
             if not self.keep or need <= _KEEP_CPU:
-                self.slots[(name, dtype)] = flat
-        return flat[:need].view(rows, stride)[:, :cols]
+                self.slots[name] = flat
+        return flat[:need].view(rows, cols)
 
 
 _KEEP_CPU = 16 * 2**20  # elements (64 MiB) per kept CPU buffer
-
-LOGIT_ALIGN: int | None = None
-"""Row stride multiple (elements) of the logits buffers and of the matmuls that read or write them.
-``None``: 16 on CUDA, 1 (dense rows) elsewhere. A vocabulary slice is rarely a multiple of 8 ids
-(151,669 Qwen text ids; 1,025-id codec blocks); with dense rows the matmuls' leading dimensions are
-then misaligned and cuBLAS falls back to slow unvectorised kernels. Padding the stride (the padding
-columns are never read) keeps them aligned at no extra compute."""
 _LOCAL = threading.local()
 
 
@@ -297,12 +287,8 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
     base = scratch.get("base", rows.numel(), first.hi - first.lo)  # [R, V]
     if weight.dtype == x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
         torch.mm(x, weight.t(), out=base)
-    else:  # half precision (or autocast): the product goes to an aligned buffer of its dtype first
-        a, b = _matmul_operands(x, weight)
-        if a.dtype == b.dtype:
-            base.copy_(torch.mm(a, b.t(), out=scratch.get("product", *base.shape, dtype=a.dtype)))
-        else:
-            base.copy_(F.linear(x, weight))
+    else:
+        base.copy_(F.linear(x, weight))
     grad_w = grads.get(id(first.weight))
     if not single:
         biases = torch.stack(
@@ -316,7 +302,7 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
         if float((biases.amax(1) - biases.amin(1)).max()) <= _MAX_BIAS_SPREAD:
             summed = _shared_streams(base, biases, tokens, mask, weights, heads, streams, start, rows, ce, correct,
                                      grads, grad_w, weight, scratch)  # fmt: skip
-            _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single, scratch)
+            _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single)
             return
     summed = None  # sum over the group's streams of d loss / d logits (several streams only)
     for j, k in enumerate(streams):
@@ -344,16 +330,7 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
             summed = buf
         else:
             summed.add_(buf)
-    _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single, scratch)
-
-
-def _matmul_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` and ``weight`` in the dtype ``F.linear`` would multiply them in (autocast's, if enabled)."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        return x.to(dtype), weight.to(dtype)
-    return x, weight
+    _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single)
 
 
 def _shift_grads(col, head, weight, grads, grad_w):
@@ -365,13 +342,11 @@ def _shift_grads(col, head, weight, grads, grad_w):
         grad_w[head.lo : head.hi].add_(torch.outer(col, head.shift.detach()[head.shift_row].to(col.dtype)))
 
 
-def _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single, scratch):
+def _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single):
     """Multiply the group's logit gradient ``summed [R, V]`` into the hidden-state and weight gradients."""
     if summed is None or not grads:
         return
-    g = summed if summed.dtype == weight.dtype else scratch.get("grad", *summed.shape, dtype=weight.dtype)
-    if g is not summed:
-        g.copy_(summed)
+    g = summed.to(weight.dtype)
     grad_x = g @ weight  # [R, H]
     if id(hidden) in grads:
         grads[id(hidden)][start:stop].index_add_(0, rows, grad_x.to(hidden.dtype))
