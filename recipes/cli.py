@@ -7,6 +7,9 @@ whole nested ``config`` dict (dropping every other key the config file set) and 
 ``BagpiperCLI`` takes those deeper overrides out of the argument list before parsing and applies
 them afterwards, in order, as deep merges into the parsed dicts, with number / boolean / null
 strings turned back into values (:func:`recipes.module.scalars`).
+
+It also checks, before anything is built, that a GPU run asks for GPUs this machine has
+(:func:`check_devices`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 from recipes.data import BagpiperDataModule
 from recipes.module import BagpiperLitModule, scalars
 
-__all__ = ["BagpiperCLI", "dict_arguments", "split_deep_overrides"]
+__all__ = ["BagpiperCLI", "check_devices", "dict_arguments", "split_deep_overrides"]
 
 
 def dict_arguments() -> dict[str, set[str]]:
@@ -90,3 +93,47 @@ class BagpiperCLI(LightningCLI):
             node = dict(node)
             _deep_set(node, keys, scalars(raw), where)
             config[group][argument] = node
+        trainer = config.get("trainer") if hasattr(config, "get") else None
+        if trainer is not None:
+            check_devices(trainer.get("accelerator"), trainer.get("devices"))
+
+
+def check_devices(accelerator: Any, devices: Any, available: int | None = None) -> None:
+    """Refuse a GPU run that asks for more GPUs than this machine has, naming the setting to change.
+
+    Args:
+        accelerator: ``trainer.accelerator`` (only ``"gpu"`` / ``"cuda"`` are checked; ``"auto"`` takes
+            what is there).
+        devices: ``trainer.devices``: a count, ``-1`` / ``"auto"`` (all), a list of indices or an index
+            string such as ``"0,1"``.
+        available: GPUs present (default ``torch.cuda.device_count()``).
+    """
+    if str(accelerator).lower() not in ("gpu", "cuda"):
+        return
+    if available is None:
+        import torch
+
+        available = torch.cuda.device_count()
+    if available == 0:
+        raise ValueError(
+            f"--trainer.accelerator={accelerator} but this machine has no CUDA GPU "
+            "(torch.cuda.device_count() == 0); use --trainer.accelerator=cpu or auto"
+        )
+    if devices is None or str(devices).strip().lower() in ("auto", "-1"):
+        return
+    if isinstance(devices, str) and ("," in devices or devices.strip().startswith("[")):
+        devices = [int(d) for d in devices.strip("[] ").split(",") if d.strip()]
+    if isinstance(devices, (list, tuple)):
+        missing = [int(d) for d in devices if not 0 <= int(d) < available]
+        if missing:
+            raise ValueError(
+                f"--trainer.devices={list(devices)} names GPU(s) {missing}, but this machine has {available} "
+                f"(indices 0..{available - 1})"
+            )
+        return
+    count = int(devices)
+    if count > available:
+        raise ValueError(
+            f"--trainer.devices={count} asks for {count} GPUs, but this machine has {available}; "
+            f"use --trainer.devices={available} (or auto)"
+        )

@@ -266,3 +266,22 @@ def test_bf16_mixed_fit_clips_with_the_fused_optimizer(tmp_path, monkeypatch):
     assert cli.model.configure_optimizers()["optimizer"].defaults["fused"] is True
     assert clipped == [1.0, 1.0]
     assert all(bool(torch.isfinite(p).all()) for p in cli.model.parameters())
+
+
+def test_more_gpus_than_present_fails_before_anything_is_built(monkeypatch):
+    """A GPU run asking for GPUs the machine lacks stops at parse time with the setting to change."""
+    from recipes.cli import check_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    base = ["--config", str(CONFIGS / "demo.yaml"), "--trainer.accelerator=gpu"]
+    with pytest.raises(ValueError, match=r"--trainer.devices=4 asks for 4 GPUs, but this machine has 1"):
+        main([*base, "--trainer.devices=4"], run=False)
+    with pytest.raises(ValueError, match=r"names GPU\(s\) \[1\], but this machine has 1"):
+        main([*base, "--trainer.devices=[0,1]"], run=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(
+        ValueError, match=r"accelerator=gpu but this machine has no CUDA GPU.*accelerator=cpu"
+    ):
+        main(base, run=False)
+    for fine in (("gpu", "auto", 2), ("gpu", 2, 2), ("gpu", "0,1", 2), ("cpu", 8, 0), ("auto", 4, 0)):
+        check_devices(*fine)  # raises nothing
