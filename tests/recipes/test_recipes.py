@@ -285,3 +285,27 @@ def test_more_gpus_than_present_fails_before_anything_is_built(monkeypatch):
         main(base, run=False)
     for fine in (("gpu", "auto", 2), ("gpu", 2, 2), ("gpu", "0,1", 2), ("cpu", 8, 0), ("auto", 4, 0)):
         check_devices(*fine)  # raises nothing
+
+
+def test_unfreezing_a_pretrained_encoder_warns(tmp_path):
+    """Every Bagpiper stage keeps its pretrained audio encoder frozen: a config that unfreezes one
+    warns (naming freeze.encoder); a frozen one, or a random-init encoder trained on purpose, does not."""
+    import warnings
+
+    from bagpiper_lib import encoders
+    from bagpiper_lib.model import PRESETS
+    from recipes.module import BagpiperLitModule
+
+    encoders.build({"name": "mel", "n_mels": 32}).save_pretrained(tmp_path / "mel")
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if k in ("codec", "backbone", "tokenizer")}
+    pretrained = {"name": "mel", "pretrained": str(tmp_path / "mel")}
+    with pytest.warns(
+        UserWarning, match="freeze.encoder is false: the pretrained audio encoder will be fine-tuned"
+    ):
+        lit = BagpiperLitModule(**tiny, encoder=pretrained, freeze={"encoder": False})
+    assert all(p.requires_grad for p in lit.model.encoder.parameters())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="freeze.encoder")
+        frozen = BagpiperLitModule(**tiny, encoder=pretrained, freeze={"encoder": True})
+        BagpiperLitModule(**tiny, encoder={"name": "mel", "n_mels": 32}, freeze={"encoder": False})
+    assert not any(p.requires_grad for p in frozen.model.encoder.parameters())
