@@ -13,6 +13,10 @@ tokenizer (151,669 text ids, 160k-id multimodal vocabulary), the tiny X-Codec vo
 * ``gpu.compiled_layers``: seconds of the same training step with every decoder layer through
   ``torch.compile`` (``Backbone.compile_layers``, inductor) vs eager layers; ``details.compile_s`` is the
   first (compiling) step. ``gpu.mfu`` reports the faster of the two and records both.
+* ``gpu.loss_gemms``: seconds of the loss's three matmuls of one chunk (logits, hidden gradient,
+  weight gradient) with the sizes padded to multiples of 64 vs the odd sizes the loss has (160,125 ids,
+  1,021 rows); ``details.seconds`` has each product with only the vocabulary or only the rows padded
+  (information for the next change to the loss; no target).
 * ``gpu.packed_attention``: seconds of the same training step with torch's fused varlen flash-attention
   kernel (the default on CUDA) vs one causal SDPA call per packed sample (target: ratio <= 1).
 * ``gpu.generate``: audio tokens/s of ``generate`` (plan ``["audio"]``, guided, cfg_scale 3) vs real
@@ -27,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -143,6 +148,37 @@ def model_flops(model, batch) -> float:
     return 6.0 * body * tokens + 6.0 * head * targets + attention
 
 
+def loss_gemms(device: str, repeats: int, hidden: int = 1024, vocab: int = 160125, rows: int = 1021):
+    """Seconds of the loss's three matmuls per chunk, with odd and with padded sizes.
+
+    The compiled 0.6B step's profile on an H100 put 41 % of the GPU time in the fused loss, most of it
+    in legacy ``cutlass_75`` GEMMs at about 100 TFLOP/s; padding the logits rows' leading dimension did
+    not change them. Here each of the three products (``x W^T`` logits, ``g W`` hidden gradient, ``g^T x``
+    weight gradient; ``x [R, H]``, ``W [V, H]``, ``g [R, V]``, bf16) is timed with the Qwen vocabulary's
+    odd ``V`` and a chunk's odd ``R``, with each padded to a multiple of 64, and with both, so that the
+    shape that makes cuBLAS pick a slow kernel shows. Returns ``{variant: {product: seconds}}``.
+    """
+    padded_vocab, padded_rows = -(-vocab // 64) * 64, -(-rows // 64) * 64
+    gen = torch.Generator(device=device).manual_seed(0)
+    out: dict[str, dict[str, float]] = {}
+    for name, v, r in (
+        ("odd", vocab, rows),
+        ("vocab_padded", padded_vocab, rows),
+        ("rows_padded", vocab, padded_rows),
+        ("both_padded", padded_vocab, padded_rows),
+    ):
+        x = torch.randn(r, hidden, device=device, dtype=torch.bfloat16, generator=gen)
+        w = torch.randn(v, hidden, device=device, dtype=torch.bfloat16, generator=gen)
+        g = torch.randn(r, v, device=device, dtype=torch.bfloat16, generator=gen)
+        products = {  # bound now: each variant times its own tensors
+            "logits": partial(torch.mm, x, w.t()),
+            "grad_hidden": partial(torch.mm, g, w),
+            "grad_weight": partial(torch.mm, g.t(), x),
+        }
+        out[name] = {key: median_time(fn, repeats, warmup=2)[0] for key, fn in products.items()}
+    return out
+
+
 def run(size: str = "full") -> list[dict[str, Any]]:
     forced = os.environ.get("BAGPIPER_BENCH_GPU_DEVICE")
     if not torch.cuda.is_available() and not forced:
@@ -236,6 +272,27 @@ def run(size: str = "full") -> list[dict[str, Any]]:
             )
         )
         step_s = min(compiled_s, eager_s)
+
+    # ------------------------------------------------------------------ the loss's matmul shapes
+    shapes = (
+        loss_gemms(device, max(repeats, 5))
+        if device == "cuda"
+        else loss_gemms(device, 1, hidden=64, vocab=1001, rows=61)
+    )
+    odd, both = sum(shapes["odd"].values()), sum(shapes["both_padded"].values())
+    results.append(
+        entry(
+            "gpu.loss_gemms",
+            both,
+            odd,
+            unit="s per chunk (3 matmuls)",
+            baseline_name="vocabulary 160,125 and 1,021 rows (odd, as the loss has them)",
+            target=None,
+            repeats=max(repeats, 5),
+            device=name,
+            seconds=shapes,
+        )
+    )
 
     # ------------------------------------------------------------------ MFU of the fastest step
     flops = model_flops(model, batch)
