@@ -302,17 +302,20 @@ def test_compiled_layers_equal_eager_layers_on_packed_rows(monkeypatch):
 
     eager = tiny("qwen3").train()
     compiled = tiny("qwen3", compile_layers={"backend": counting}).train()
+    # with activation checkpointing too (the stage configs turn it on)
+    checkpointed = tiny("qwen3", gradient_checkpointing=True, compile_layers={"backend": "aot_eager"}).train()
     assert compiled.layers_compiled and all(
         layer._compiled_call_impl is not None for layer in compiled.body.layers
     )
     assert list(compiled.state_dict()) == list(eager.state_dict())
     results = []
-    for backbone in (eager, compiled):
+    for backbone in (eager, compiled, checkpointed):
         x = embeds(1, sum(LENGTHS)).requires_grad_(True)
         out = backbone(x, positions(*LENGTHS))
         results.append((out, *torch.autograd.grad(projection(out), x)))
-    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=0)
+    for got in results[1:]:
+        torch.testing.assert_close(got[0], results[0][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[1], results[0][1], atol=1e-5, rtol=0)
     assert graphs, "no layer went through torch.compile"
     # the CUDA path under compilation: one kernel call per layer with the offsets (a reference kernel)
     calls = []
