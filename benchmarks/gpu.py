@@ -185,6 +185,9 @@ def run(size: str = "full") -> list[dict[str, Any]]:
         reason = "no CUDA device (torch.cuda.is_available() is False)"
         return [
             skipped("gpu.mfu", reason, unit="FLOPs/s"),
+            skipped("gpu.compiled_layers", reason, unit="s per training step"),
+            skipped("gpu.packed_attention", reason, unit="s per training step"),
+            skipped("gpu.loss_gemms", reason, unit="s per chunk (3 matmuls)"),
             skipped("gpu.generate", reason, unit="audio tokens/s"),
         ]
     cfg = dict(SIZES[size])
