@@ -28,7 +28,9 @@ from torch import nn
 
 from bagpiper_lib.encoders.base import AudioEncoder
 
-__all__ = ["LogMelSpectrogram", "MelEncoder", "mel_filter_bank", "onset_strength"]
+__all__ = ["LogMelSpectrogram", "MelEncoder", "chroma_filter_bank", "mel_filter_bank", "onset_strength"]
+
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
 def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -68,6 +70,30 @@ def mel_filter_bank(
     return filters * (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[None, :]
 
 
+def chroma_filter_bank(
+    n_fft: int, sample_rate: int, f_min: float = 27.5, f_max: float = 5000.0, width: float = 0.5
+) -> np.ndarray:
+    """Pitch-class weights of the one-sided FFT bins, ``[12, n_fft // 2 + 1]`` float64 (row 0 = C).
+
+    Bin ``f`` Hz sits at ``p = 69 + 12 log2(f / 440)`` semitones; its weight for pitch class ``c`` is a
+    Gaussian of the circular distance ``((p - c + 6) mod 12) - 6`` with standard deviation ``width``
+    semitones, as chroma features fold every octave onto 12 classes. Only bins in ``[f_min, f_max]``
+    that resolve a semitone count: at ``f < spacing / (2 ** (1 / 12) - 1)`` Hz neighbouring bins are
+    more than a semitone apart (262 Hz for a 1024-point FFT at 16 kHz), so a low note enters through
+    its harmonics. Every other column is 0.
+    """
+    spacing = sample_rate / n_fft
+    freqs = np.arange(n_fft // 2 + 1) * spacing
+    low = max(float(f_min), spacing / (2.0 ** (1.0 / 12.0) - 1.0))
+    used = (freqs >= low) & (freqs <= f_max)
+    bank = np.zeros((12, freqs.shape[0]))
+    pitch = 69.0 + 12.0 * np.log2(freqs[used] / 440.0)
+    for c in range(12):
+        distance = np.mod(pitch - c + 6.0, 12.0) - 6.0
+        bank[c, used] = np.exp(-0.5 * (distance / width) ** 2)
+    return bank
+
+
 class LogMelSpectrogram(nn.Module):
     """Whisper log-mel features: ``forward(wav [B, N], lengths [B]) -> feats [B, n_mels, T], frames [B]``.
 
@@ -85,6 +111,7 @@ class LogMelSpectrogram(nn.Module):
 
     window: torch.Tensor
     filters: torch.Tensor
+    chroma_filters: torch.Tensor
 
     def __init__(
         self,
@@ -112,6 +139,9 @@ class LogMelSpectrogram(nn.Module):
         # constant of the window, kept as a float so no forward pays a device-to-host read for it
         self._energy_norm = 2.0 / (n_fft * float(self.window.pow(2).sum()))
         self.register_buffer("filters", self._make_filters(), persistent=False)
+        self.register_buffer("chroma_filters", self._make_chroma_filters(), persistent=False)
+        # whether some FFT bin below 5 kHz is less than a semitone from its neighbour (n_fft long enough)
+        self.resolves_pitch_classes = bool(self.chroma_filters.any())
 
     @property
     def min_samples(self) -> int:
@@ -125,25 +155,38 @@ class LogMelSpectrogram(nn.Module):
         bank = mel_filter_bank(self.n_fft // 2 + 1, self.n_mels, self.sample_rate, 0.0, self.f_max)
         return torch.from_numpy(bank.T.copy()).to(torch.float32)  # [n_mels, n_freqs]
 
+    def _make_chroma_filters(self) -> torch.Tensor:
+        bank = chroma_filter_bank(self.n_fft, self.sample_rate, f_max=min(5000.0, self.sample_rate / 2))
+        return torch.from_numpy(bank).to(torch.float32)  # [12, n_freqs]
+
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.window, self.filters = self._float_buffers()  # a cast to half precision: rebuilt exactly
+        # a cast to half precision: rebuilt exactly
+        self.window, self.filters, self.chroma_filters = self._float_buffers()
         return self
 
-    def _float_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The window and filter bank in exact float32. A strategy may cast buffers to half precision
+    def _float_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The window and filter banks in exact float32. A strategy may cast buffers to half precision
         behind ``_apply`` (FSDP mixed precision sets them directly): then they are rebuilt."""
-        if self.window.dtype == torch.float32 and self.filters.dtype == torch.float32:
-            return self.window, self.filters
+        buffers = (self.window, self.filters, self.chroma_filters)
+        if all(b.dtype == torch.float32 for b in buffers):
+            return buffers
         device = self.window.device
-        return self._make_window().to(device), self._make_filters().to(device)
+        return tuple(
+            make().to(device) for make in (self._make_window, self._make_filters, self._make_chroma_filters)
+        )
 
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Valid feature frames for ``lengths`` samples: ``lengths // hop_length``."""
         return torch.div(lengths, self.hop_length, rounding_mode="floor")
 
     def forward(
-        self, wav: torch.Tensor, lengths: torch.Tensor | None = None, *, with_energy: bool = False
+        self,
+        wav: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        *,
+        with_energy: bool = False,
+        with_chroma: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         """Log-mel features of ``wav [B, N]`` (or ``[N]``) with valid sample counts ``lengths [B]``.
 
@@ -157,6 +200,12 @@ class LogMelSpectrogram(nn.Module):
         ``log10``, the floor ``item_max - 8`` and ``(x + 4) / 4`` as the mel bins do, so a frame at
         -20 dBFS RMS reads ``(-2 + 4) / 4 = 0.5``. The mel bins alone do not give a frame's loudness
         linearly: a tone puts its power in one bin, noise spreads it over all of them.
+
+        ``with_chroma=True`` also returns ``chroma [B, 12, T]`` (after ``energy`` when both are asked):
+        the power spectrum folded onto the 12 pitch classes C, C#, ..., B by :func:`chroma_filter_bank`,
+        each frame divided by its largest class, so values lie in ``[0, 1]`` whatever the gain, as in
+        MIR key and chord estimation. A frame whose pitch-class power is more than 60 dB under the
+        item's loudest frame (silence, the floor of the log features) reads 0, as do frames past the end.
         """
         if not isinstance(wav, torch.Tensor) or wav.dim() not in (1, 2) or not wav.is_floating_point():
             raise ValueError(
@@ -185,7 +234,7 @@ class LogMelSpectrogram(nn.Module):
         last = (lengths - 1)[:, None]
         pos = torch.where(pos > last, 2 * last - pos, pos).clamp(0, n - 1)
         padded = wav.float().gather(1, pos)  # [B, N + n_fft]
-        window, filters = self._float_buffers()
+        window, filters, chroma_filters = self._float_buffers()
         stft = torch.stft(
             padded, self.n_fft, self.hop_length, window=window, center=False, return_complex=True
         )
@@ -194,10 +243,26 @@ class LogMelSpectrogram(nn.Module):
         valid = torch.arange(power.shape[-1], device=wav.device)[None] < frames[:, None]  # [B, T]
         log_spec = torch.matmul(filters, power).clamp(min=1e-10).log10()  # [B, n_mels, T]
         feats = self._scale(log_spec, valid[:, None])
-        if not with_energy:
-            return feats, frames
-        log_energy = (power.sum(dim=1) * self._energy_norm).clamp(min=1e-10).log10()  # [B, T]
-        return feats, frames, self._scale(log_energy, valid)
+        out = [feats, frames]
+        if with_energy:
+            log_energy = (power.sum(dim=1) * self._energy_norm).clamp(min=1e-10).log10()  # [B, T]
+            out.append(self._scale(log_energy, valid))
+        if with_chroma:
+            if not self.resolves_pitch_classes:
+                raise ValueError(
+                    f"n_fft={self.n_fft} at {self.sample_rate} Hz resolves no semitone below 5 kHz; "
+                    "chroma needs a longer window (e.g. n_fft=1024)"
+                )
+            out.append(self._chroma(power, valid, chroma_filters))
+        return tuple(out)
+
+    @staticmethod
+    def _chroma(power: torch.Tensor, valid: torch.Tensor, chroma_filters: torch.Tensor) -> torch.Tensor:
+        classes = torch.matmul(chroma_filters, power)  # [B, 12, T]
+        peak = classes.amax(dim=1)  # [B, T]
+        item_max = peak.masked_fill(~valid, 0.0).amax(dim=1, keepdim=True)  # [B, 1]
+        heard = valid & (peak > 1e-6 * item_max) & (peak > 0)
+        return torch.where(heard[:, None], classes / peak.clamp(min=1e-30)[:, None], 0.0)
 
     @staticmethod
     def _scale(log_power: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -251,6 +316,13 @@ class MelEncoder(AudioEncoder):
             log-mel bins since the previous frame) as one more feature after the log energy. Note
             onsets become single-frame peaks whatever the level, so averaging the feature over a clip
             counts onsets per second: the tempo of an eighth-note pulse.
+        chroma: append each frame's 12 pitch classes (:meth:`LogMelSpectrogram.forward`
+            ``with_chroma``: the spectrum folded onto C, C#, ..., B, peak-normalised) after the other
+            extras, ``output_dim += 12``. The same key reads the same in every octave and on every
+            instrument, which the mel bins (23 Hz apart below 1 kHz, where a semitone is 8-60 Hz) do not
+            show directly; key and mode are read from pitch classes against the tonic. Only bins that
+            resolve a semitone count: above 262 Hz at ``n_fft=1024``, above 672 Hz at 400, so a short
+            window reads pitch classes from a note's upper partials only.
         trainable: train the affine (default ``True``: it is cheap and starts as the identity).
     """
 
@@ -265,6 +337,7 @@ class MelEncoder(AudioEncoder):
         max_seconds: float = 30.0,
         log_energy: bool = False,
         onset_strength: bool = False,
+        chroma: bool = False,
         trainable: bool = True,
     ):
         super().__init__()
@@ -280,11 +353,16 @@ class MelEncoder(AudioEncoder):
             n_fft = int(saved.get("n_fft", 400))
             log_energy = bool(saved.get("log_energy", False))
             onset_strength = bool(saved.get("onset_strength", False))
+            chroma = bool(saved.get("chroma", False))
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
-        self.log_energy, self.onset_strength = bool(log_energy), bool(onset_strength)
-        self.output_dim = n_mels + int(self.log_energy) + int(self.onset_strength)
+        self.log_energy, self.onset_strength, self.chroma = (
+            bool(log_energy),
+            bool(onset_strength),
+            bool(chroma),
+        )
+        self.output_dim = n_mels + int(self.log_energy) + int(self.onset_strength) + 12 * int(self.chroma)
         self.scale = nn.Parameter(torch.ones(self.output_dim))
         self.shift = nn.Parameter(torch.zeros(self.output_dim))
         self.max_seconds = float(max_seconds)
@@ -304,10 +382,14 @@ class MelEncoder(AudioEncoder):
                 f"audio of {wav.shape[-1]} samples exceeds max_seconds={self.max_seconds:g} "
                 f"({limit} samples at {self.sample_rate} Hz); split it or raise max_seconds"
             )
-        feats, frames, *energy = self.mel(wav.float(), lengths, with_energy=self.log_energy)
-        extra = [energy[0][:, None]] if self.log_energy else []
+        feats, frames, *more = self.mel(
+            wav.float(), lengths, with_energy=self.log_energy, with_chroma=self.chroma
+        )
+        extra = [more.pop(0)[:, None]] if self.log_energy else []
         if self.onset_strength:
             extra.append(onset_strength(feats, frames)[:, None])
+        if self.chroma:
+            extra.append(more.pop(0))
         feats = torch.cat([feats, *extra], dim=1)  # [B, output_dim, T]
         feats = feats.transpose(1, 2) * self.scale + self.shift  # [B, T, output_dim]
         valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
@@ -323,6 +405,7 @@ class MelEncoder(AudioEncoder):
             "n_fft": self.mel.n_fft,
             "log_energy": self.log_energy,
             "onset_strength": self.onset_strength,
+            "chroma": self.chroma,
             "max_seconds": self.max_seconds,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))

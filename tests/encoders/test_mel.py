@@ -261,3 +261,83 @@ def test_mel_encoder_onset_feature_is_appended_padded_and_saved(tmp_path):
     again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
     assert again.onset_strength and again.output_dim == 66 and torch.equal(again(wav)[0], feats)
     assert MelEncoder(n_mels=64, onset_strength=True).output_dim == 65
+
+
+def _harmonic(midi: float, gain: float = 0.3, seconds: float = 1.0) -> torch.Tensor:
+    """A tone of 7 harmonics (amplitudes 1/k) at MIDI pitch ``midi``."""
+    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
+    f0 = 440.0 * 2.0 ** ((midi - 69) / 12)
+    return sum(gain / k * torch.sin(2 * math.pi * k * f0 * t) for k in range(1, 8)).float()
+
+
+def _mean_chroma(wav: torch.Tensor, mel: LogMelSpectrogram) -> torch.Tensor:
+    _, frames, chroma = mel(wav[None], with_chroma=True)
+    return chroma[0, :, 5 : int(frames[0]) - 5].mean(dim=-1)
+
+
+def test_chroma_filter_bank_folds_each_resolved_bin_onto_its_pitch_class():
+    from bagpiper_lib.encoders.mel import chroma_filter_bank
+
+    bank = chroma_filter_bank(1024, SR)
+    freqs = np.arange(513) * SR / 1024
+    assert bank.shape == (12, 513)
+    # bins closer than a semitone start at 15.625 / (2 ** (1 / 12) - 1) = 262.3 Hz; none above 5 kHz
+    used = bank.any(axis=0)
+    assert freqs[used].min() == pytest.approx(265.6, abs=0.1) and freqs[used].max() <= 5000.0
+    pitch = 69 + 12 * np.log2(freqs[used] / 440.0)
+    assert (bank[:, used].argmax(axis=0) == np.round(pitch).astype(int) % 12).all()
+    assert bank[9, 28] == pytest.approx(np.exp(-0.5 * ((69 + 12 * np.log2(437.5 / 440) - 69) / 0.5) ** 2))
+
+
+def test_chroma_reads_the_pitch_class_in_every_octave_whatever_the_gain():
+    from bagpiper_lib.encoders.mel import PITCH_CLASSES
+
+    mel = LogMelSpectrogram(128, n_fft=1024)
+    for midi in (48, 60, 72, 57, 69, 64):  # C3, C4 (fundamental below the resolved bins), C5, A3, A4, E4
+        chroma = _mean_chroma(_harmonic(midi), mel)
+        assert PITCH_CLASSES[int(chroma.argmax())] == PITCH_CLASSES[midi % 12]
+        assert chroma.max() == pytest.approx(1.0)
+        assert (chroma >= 0).all()
+    loud = _mean_chroma(_harmonic(62, gain=0.5), mel)
+    torch.testing.assert_close(_mean_chroma(_harmonic(62, gain=0.03), mel), loud, rtol=0, atol=1e-4)
+    # the third tells the mode apart: E in C major, E flat in C minor
+    major = _mean_chroma(_harmonic(48) + _harmonic(52) + _harmonic(55), mel)
+    minor = _mean_chroma(_harmonic(48) + _harmonic(51) + _harmonic(55), mel)
+    assert major[4] > 2 * major[3] and minor[3] > 2 * minor[4]
+
+
+def test_chroma_is_zero_for_silence_and_past_the_end_and_batch_items_read_alone():
+    mel = LogMelSpectrogram(128, n_fft=1024)
+    tone = _harmonic(57)
+    gap = torch.cat([tone[:8000], torch.zeros(8000), tone[:8000]])
+    batch = torch.stack([gap, torch.cat([tone[:12000], torch.zeros(12000)])])
+    _, frames, chroma = mel(batch, torch.tensor([24000, 12000]), with_chroma=True)
+    assert chroma.shape == (2, 12, 150)
+    assert chroma[0, :, 60:90].abs().sum() == 0  # 60 dB under the notes: no pitch class
+    assert chroma[0, :, 10:40].amax(dim=0).min() == 1.0 and chroma[0, :, 110:140].amax(dim=0).min() == 1.0
+    assert chroma[1, :, int(frames[1]) :].abs().sum() == 0
+    _, _, alone = mel(tone[None, :12000], with_chroma=True)
+    torch.testing.assert_close(chroma[1, :, : int(frames[1])], alone[0], rtol=0, atol=1e-5)
+    # both extras at once: energy first, then chroma
+    _, _, energy, both = mel(batch, torch.tensor([24000, 12000]), with_energy=True, with_chroma=True)
+    assert energy.shape == (2, 150)
+    torch.testing.assert_close(both, chroma, rtol=0, atol=0)
+
+
+def test_mel_encoder_chroma_is_appended_last_and_saved(tmp_path):
+    from bagpiper_lib.encoders.mel import MelEncoder
+
+    enc = MelEncoder(n_mels=64, n_fft=1024, log_energy=True, onset_strength=True, chroma=True)
+    assert enc.output_dim == 64 + 1 + 1 + 12 and enc.scale.shape == (78,)
+    wav = _harmonic(60)[None]
+    feats, _ = enc(wav)
+    mel, _, chroma = LogMelSpectrogram(64, n_fft=1024)(wav, with_chroma=True)
+    torch.testing.assert_close(feats[..., 66:], chroma.transpose(1, 2), rtol=0, atol=0)
+    torch.testing.assert_close(feats[..., :64], mel.transpose(1, 2), rtol=0, atol=0)
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.chroma and again.output_dim == 78 and torch.equal(again(wav)[0], feats)
+    assert not MelEncoder(MelEncoder(n_mels=64).save_pretrained(tmp_path / "plain")).chroma
+    # the encoder's shortest window (n_fft = hop = 160) still resolves semitones from 1.7 kHz up
+    assert MelEncoder(n_mels=8, n_fft=160, chroma=True).mel.resolves_pitch_classes
+    with pytest.raises(ValueError, match="n_fft=32 at 16000 Hz resolves no semitone"):
+        LogMelSpectrogram(8, n_fft=32, hop_length=16)(torch.randn(1, 1000), with_chroma=True)
