@@ -212,17 +212,18 @@ def segmented_sdpa_forward(
                           cu_seqlens, longest, scaling)  # fmt: skip
         return out.unsqueeze(0), None
     bounds = kwargs.get("segment_bounds") or offsets.tolist()
+    if bounds[0] != 0 or bounds[-1] != query.shape[2]:
+        raise ValueError(f"sample offsets must run from 0 to the row's {query.shape[2]} tokens, got {bounds}")
+    # one split per tensor, not a slice per sample: a slice's backward writes its gradient into a zero
+    # tensor of the whole row, so S samples cost S full-row fills and adds; a split's backward is one cat
+    sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    parts = zip(*(t.split(sizes, dim=2) for t in (query, key, value)))
     out = torch.cat(
         [
             torch.nn.functional.scaled_dot_product_attention(
-                query[:, :, start:end],
-                key[:, :, start:end],
-                value[:, :, start:end],
-                dropout_p=dropout,
-                is_causal=True,
-                scale=scaling,
+                q, k, v, dropout_p=dropout, is_causal=True, scale=scaling
             )
-            for start, end in zip(bounds[:-1], bounds[1:])
+            for q, k, v in parts
         ],
         dim=2,
     )

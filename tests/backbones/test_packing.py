@@ -213,6 +213,31 @@ def test_segmented_kernel_is_transformers_sdpa_without_offsets():
         torch.testing.assert_close(spans[:, start:end], alone, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="one flattened row"):
         packing.segmented_sdpa_forward(module, q, k, v, None, cu_seq_lens_q=cu)
+    for bad in ([0, 2, 5], [1, 2, 6]):  # offsets must cover the whole row, no token left out
+        with pytest.raises(ValueError, match=r"from 0 to the row's 6 tokens, got \[" + str(bad[0])):
+            packing.segmented_sdpa_forward(module, q[:1], k[:1], v[:1], None, cu_seq_lens_q=torch.tensor(bad))
+
+
+def test_per_sample_path_gradients_equal_each_sample_alone():
+    """The per-sample path splits q/k/v once (its backward is one cat, not a full-row fill per sample):
+    the input gradients equal those of each sample's attention computed alone."""
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 1, True
+    gen = torch.Generator().manual_seed(1)
+    bounds = [0, 3, 4, 9, 16]
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=gen, requires_grad=True) for _ in range(3))
+    weight = torch.randn(1, 16, 2, 8, generator=gen)
+    out, _ = packing.segmented_sdpa_forward(
+        module, q, k, v, None, cu_seq_lens_q=torch.tensor(bounds), segment_bounds=bounds
+    )
+    grads = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        piece = [t.detach()[:, :, start:end].requires_grad_() for t in (q, k, v)]
+        alone = torch.nn.functional.scaled_dot_product_attention(*piece, is_causal=True).transpose(1, 2)
+        torch.testing.assert_close(out[:, start:end], alone, rtol=0, atol=0)
+        expected = torch.autograd.grad((alone * weight[:, start:end]).sum(), piece)
+        for got, want in zip(grads, expected):
+            torch.testing.assert_close(got[:, :, start:end], want, rtol=0, atol=1e-6)
 
 
 def test_varlen_kernel_applies_only_to_cuda_half_precision(monkeypatch):
