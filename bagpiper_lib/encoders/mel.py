@@ -28,7 +28,14 @@ from torch import nn
 
 from bagpiper_lib.encoders.base import AudioEncoder
 
-__all__ = ["LogMelSpectrogram", "MelEncoder", "chroma_filter_bank", "mel_filter_bank", "onset_strength"]
+__all__ = [
+    "PITCH_CLASSES",
+    "LogMelSpectrogram",
+    "MelEncoder",
+    "chroma_filter_bank",
+    "mel_filter_bank",
+    "onset_strength",
+]
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -205,7 +212,8 @@ class LogMelSpectrogram(nn.Module):
         the power spectrum folded onto the 12 pitch classes C, C#, ..., B by :func:`chroma_filter_bank`,
         each frame divided by its largest class, so values lie in ``[0, 1]`` whatever the gain, as in
         MIR key and chord estimation. A frame whose pitch-class power is more than 60 dB under the
-        item's loudest frame (silence, the floor of the log features) reads 0, as do frames past the end.
+        item's loudest frame (silence or near-silence, where the ratio would be noise) reads 0, as do
+        frames past the end.
         """
         if not isinstance(wav, torch.Tensor) or wav.dim() not in (1, 2) or not wav.is_floating_point():
             raise ValueError(
