@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+CHROMA_MAX_HZ = 5000.0  # top of the chroma bank: above it partials are weak and inharmonic
 
 
 def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ def mel_filter_bank(
 
 
 def chroma_filter_bank(
-    n_fft: int, sample_rate: int, f_min: float = 27.5, f_max: float = 5000.0, width: float = 0.5
+    n_fft: int, sample_rate: int, f_min: float = 27.5, f_max: float = CHROMA_MAX_HZ, width: float = 0.5
 ) -> np.ndarray:
     """Pitch-class weights of the one-sided FFT bins, ``[12, n_fft // 2 + 1]`` float64 (row 0 = C).
 
@@ -147,7 +148,7 @@ class LogMelSpectrogram(nn.Module):
         self._energy_norm = 2.0 / (n_fft * float(self.window.pow(2).sum()))
         self.register_buffer("filters", self._make_filters(), persistent=False)
         self.register_buffer("chroma_filters", self._make_chroma_filters(), persistent=False)
-        # whether some FFT bin below 5 kHz is less than a semitone from its neighbour (n_fft long enough)
+        # whether some FFT bin below CHROMA_MAX_HZ is less than a semitone from its neighbour
         self.resolves_pitch_classes = bool(self.chroma_filters.any())
 
     @property
@@ -163,7 +164,9 @@ class LogMelSpectrogram(nn.Module):
         return torch.from_numpy(bank.T.copy()).to(torch.float32)  # [n_mels, n_freqs]
 
     def _make_chroma_filters(self) -> torch.Tensor:
-        bank = chroma_filter_bank(self.n_fft, self.sample_rate, f_max=min(5000.0, self.sample_rate / 2))
+        bank = chroma_filter_bank(
+            self.n_fft, self.sample_rate, f_max=min(CHROMA_MAX_HZ, self.sample_rate / 2)
+        )
         return torch.from_numpy(bank).to(torch.float32)  # [12, n_freqs]
 
     def _apply(self, fn, recurse=True):
@@ -258,7 +261,7 @@ class LogMelSpectrogram(nn.Module):
         if with_chroma:
             if not self.resolves_pitch_classes:
                 raise ValueError(
-                    f"n_fft={self.n_fft} at {self.sample_rate} Hz resolves no semitone below 5 kHz; "
+                    f"n_fft={self.n_fft} at {self.sample_rate} Hz resolves no semitone below {CHROMA_MAX_HZ / 1000:g} kHz; "
                     "chroma needs a longer window (e.g. n_fft=1024)"
                 )
             out.append(self._chroma(power, valid, chroma_filters))
@@ -365,11 +368,9 @@ class MelEncoder(AudioEncoder):
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
-        self.log_energy, self.onset_strength, self.chroma = (
-            bool(log_energy),
-            bool(onset_strength),
-            bool(chroma),
-        )
+        self.log_energy = bool(log_energy)
+        self.onset_strength = bool(onset_strength)
+        self.chroma = bool(chroma)
         self.output_dim = n_mels + int(self.log_energy) + int(self.onset_strength) + 12 * int(self.chroma)
         self.scale = nn.Parameter(torch.ones(self.output_dim))
         self.shift = nn.Parameter(torch.zeros(self.output_dim))
