@@ -26,5 +26,20 @@ def main(args: list[str] | None = None, run: bool = True) -> BagpiperCLI:
     )
 
 
+def close_process_group() -> None:
+    """Destroy the default process group if a strategy left one (Lightning's DDP teardown does not).
+
+    A process that exits with a live gloo group can be aborted while its threads are torn down
+    ("terminate called without an active exception", exit status -6) after a run that finished.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        close_process_group()

@@ -447,3 +447,15 @@ def test_fsdp_root_first_forwards_with_bf16_mixed_precision(tmp_path: Path):
     assert abs(got["step"] - expected) < 0.05 * expected
     assert len(got["captions"]) == 1 and isinstance(got["captions"][0], str)
     assert got["wav"].dim() == 1 and bool(torch.isfinite(got["wav"]).all())
+
+
+def test_the_cli_entry_point_closes_the_process_group_it_leaves(tmp_path: Path):
+    """``python -m recipes.bagpiper`` destroys the default group at exit (Lightning's DDP teardown leaves
+    it; a live gloo group at interpreter exit can abort a finished run with status -6)."""
+    from recipes.bagpiper import close_process_group
+
+    close_process_group()  # no group: nothing to do, no error
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()
