@@ -29,6 +29,7 @@ with float logits ties practically never happen, and skipping ``argmax`` saves a
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -239,28 +240,187 @@ def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
     groups: dict[tuple[int, int, int], list[int]] = {}
     for k, head in enumerate(heads):
         groups.setdefault((id(head.weight), head.lo, head.hi), []).append(k)
+    _check_targets(tokens, mask, heads)
+    rowwise = [
+        streams[0]
+        for streams in groups.values()
+        if len(streams) == 1 and _use_row_kernel(heads[streams[0]], hidden)
+    ]
+    for k in rowwise:
+        _RowKernelHead.of(heads[k], hidden, grads).run(
+            hidden, tokens, mask, weights, k, chunk_size, ce, correct, grads
+        )
     scratch = _Scratch(hidden.device)
+    rest = [
+        (streams, _stream_biases(heads, streams)) for streams in groups.values() if streams[0] not in rowwise
+    ]
     for start in range(0, positions, chunk_size):
         stop = min(start + chunk_size, positions)
-        for streams in groups.values():
-            _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, correct, grads, scratch)
+        for streams, prepared in rest:
+            _group(hidden, tokens, mask, weights, heads, streams, prepared, start, stop, ce, correct, grads,
+                   scratch)  # fmt: skip
     weighted = (ce * weights).sum()
     return weighted, ce, correct, grads
 
 
-def _targets(tokens, mask, heads, k, start, rows):
-    """Stream ``k``'s ``on [R]`` (has a target) and target column ``local [R]`` (0 where off), checked."""
-    head = heads[k]
-    on = mask[start + rows, k]
-    local = torch.where(on, tokens[start + rows, k] - head.offset, 0)
-    inside = (local >= 0) & (local < head.hi - head.lo)
-    if not bool(inside.all()):
-        bad = int(tokens[start + rows, k][~inside][0])
-        raise ValueError(
-            f"target id {bad} of stream {k} lies outside that stream's output ids "
-            f"[{head.offset}, {head.offset + head.hi - head.lo})"
+ROW_KERNEL = "auto"
+"""When a stream's head is its own group (stream 0 over the whole vocabulary, or a per-codebook head),
+compute its chunk's cross entropy and logit gradient with :func:`_softmax_xent_rows` on half-precision
+logits instead of the in-place float32 passes of :func:`_group`: ``"auto"`` on CUDA where the
+projection runs in bf16/fp16 (bf16 weights, or fp32 weights under autocast), ``"always"`` everywhere
+(tests), ``"never"`` to force the float32 passes (benchmarks compare the two)."""
+
+COMPILE_ROW_KERNEL = True
+"""Compile :func:`_softmax_xent_rows` with ``torch.compile`` (inductor) on CUDA: the row max, the
+exponential sum and the gradient become two fused passes over the bf16 logits instead of about ten
+float32 passes. Eager (the same function, more memory traffic) where compilation is off, and for the
+rest of the process after a compilation that failed (with a warning naming the error)."""
+
+VOCAB_ALIGN = 64
+"""The row kernel pads its projection's output dimension to a multiple of this many ids (zero rows in a
+half-precision copy of the weight, masked out of the softmax), so that every logits and logit-gradient
+row starts on a 128-byte boundary; 1 turns padding off."""
+
+
+def _compute_dtype(weight: torch.Tensor, x: torch.Tensor) -> torch.dtype:
+    """The dtype the projection's matmuls run in: autocast's on its device, else the weight's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and weight.dtype == torch.float32:
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def _use_row_kernel(head: StreamHead, hidden: torch.Tensor) -> bool:
+    if ROW_KERNEL == "always":
+        return True
+    if ROW_KERNEL != "auto" or not hidden.is_cuda:
+        return False
+    return _compute_dtype(head.weight, hidden) in (torch.float16, torch.bfloat16)
+
+
+def _softmax_xent_rows(logits, local, on, w, cols: int):
+    """Per row of ``logits [R, C]`` (ids ``>= cols`` are padding): the float32 cross entropy of target
+    column ``local`` (0 where ``on`` is False), whether the target scores highest (ties count), and
+    ``d (w * CE) / d logits = w * (softmax - onehot)`` in the logits' dtype. Pure tensor code, so that
+    inductor fuses it (:data:`COMPILE_ROW_KERNEL`)."""
+    x = logits.float()
+    ids = torch.arange(x.shape[1], device=x.device)
+    if cols < x.shape[1]:
+        x = x.masked_fill(ids >= cols, float("-inf"))
+    top = x.amax(1, keepdim=True)
+    exp = (x - top).exp()
+    total = exp.sum(1, keepdim=True)
+    picked = x.gather(1, local[:, None]) - top  # the target logit minus the row maximum
+    ce = torch.where(on, total.squeeze(1).log() - picked.squeeze(1), 0.0)
+    correct = (on & (picked.squeeze(1) >= 0)).float()
+    grad = exp * (w[:, None] / total) - torch.where(ids == local[:, None], w[:, None], 0.0)
+    return ce, correct, grad.to(logits.dtype)
+
+
+_COMPILED_ROWS: dict[str, object] = {}
+
+
+def _row_kernel(device: torch.device):
+    """:func:`_softmax_xent_rows`, compiled once per process on CUDA (dynamic row count)."""
+    if device.type != "cuda" or not COMPILE_ROW_KERNEL:
+        return _softmax_xent_rows
+    fn = _COMPILED_ROWS.get("cuda")
+    if fn is None:
+        fn = _COMPILED_ROWS["cuda"] = torch.compile(_softmax_xent_rows, dynamic=True)
+    return fn
+
+
+def _rows(device: torch.device, *args):
+    """:func:`_row_kernel` applied to ``args``; a compilation that fails falls back to eager for good."""
+    fn = _row_kernel(device)
+    if fn is _softmax_xent_rows:
+        return fn(*args)
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+
+    try:
+        return fn(*args)
+    except (BackendCompilerFailed, InductorError) as error:
+        warnings.warn(
+            f"the loss's row kernel did not compile ({type(error).__name__}: {str(error)[:200]}); "
+            "running it eagerly (more memory traffic). Set bagpiper_lib.model.loss.COMPILE_ROW_KERNEL = False "
+            "to skip the attempt.",
+            stacklevel=2,
         )
-    return on, local
+        _COMPILED_ROWS[device.type] = _softmax_xent_rows
+        return _softmax_xent_rows(*args)
+
+
+class _RowKernelHead:
+    """One single-stream group through :func:`_softmax_xent_rows`, chunk by chunk.
+
+    Per call: the head's rows cast once to the compute dtype and padded to :data:`VOCAB_ALIGN` (autocast
+    would otherwise cast the float32 weight in each of the three matmuls of every chunk), and a
+    weight-gradient accumulator of that shape, added into the parameter's gradient at the end of :meth:`run`.
+    """
+
+    def __init__(self, head: StreamHead, weight: torch.Tensor, grad_w: torch.Tensor | None):
+        self.head, self.weight, self.grad_w = head, weight, grad_w
+        self.cols = head.hi - head.lo
+
+    @classmethod
+    def of(cls, head: StreamHead, hidden: torch.Tensor, grads: dict[int, torch.Tensor]) -> _RowKernelHead:
+        dtype = _compute_dtype(head.weight, hidden)
+        rows = head.weight.detach()[head.lo : head.hi]
+        pad = -rows.shape[0] % max(int(VOCAB_ALIGN), 1)
+        weight = F.pad(rows.to(dtype), (0, 0, 0, pad)) if pad else rows.to(dtype)
+        grad_w = torch.zeros_like(weight) if id(head.weight) in grads else None
+        return cls(head, weight, grad_w)
+
+    def run(self, hidden, tokens, mask, weights, k, chunk_size, ce, correct, grads):
+        """Stream ``k``'s positions with a target, ``chunk_size`` of them at a time (every chunk full but
+        the last, whatever the positions' layout), then the weight gradient into the parameter's."""
+        selected = mask[:, k].nonzero().squeeze(1)  # the call's one host sync of this stream
+        ids = tokens[:, k] - self.head.offset
+        for rows in selected.split(chunk_size):
+            x = self.head.inputs(hidden.detach()[rows]).to(self.weight.dtype)
+            with torch.autocast(x.device.type, enabled=False):
+                logits = x @ self.weight.t()  # [R, padded]
+                on = torch.ones_like(rows, dtype=torch.bool)
+                c, hit, grad = _rows(x.device, logits, ids[rows], on, weights[rows, k], self.cols)
+                ce[rows, k] = c
+                correct[rows, k] = hit
+                if grads:
+                    self._backward(rows, x, grad, hidden, grads)
+        if self.grad_w is not None:  # padding rows dropped
+            grads[id(self.head.weight)][self.head.lo : self.head.hi] += self.grad_w[: self.cols].to(
+                self.head.weight.dtype
+            )
+
+    def _backward(self, rows, x, grad, hidden, grads):
+        grad_x = grad @ self.weight  # [R, H]
+        if id(hidden) in grads:
+            grads[id(hidden)].index_add_(0, rows, grad_x.to(hidden.dtype))
+        if self.grad_w is not None:
+            self.grad_w.addmm_(grad.t(), x)
+        shift = self.head.shift
+        if shift is not None and id(shift) in grads:
+            grads[id(shift)][self.head.shift_row] += grad_x.sum(0).to(shift.dtype)
+
+
+def _check_targets(tokens, mask, heads):
+    """Every target id lies in its stream's output ids; checked once per call (one host sync)."""
+    lo = torch.tensor([h.offset for h in heads], device=tokens.device)
+    hi = torch.tensor([h.offset + h.hi - h.lo for h in heads], device=tokens.device)
+    outside = mask & ((tokens < lo) | (tokens >= hi))
+    if bool(outside.any()):
+        p, k = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(
+            f"target id {int(tokens[p, k])} of stream {k} lies outside that stream's output ids "
+            f"[{int(lo[k])}, {int(hi[k])})"
+        )
+
+
+def _targets(tokens, mask, heads, k, start, rows):
+    """Stream ``k``'s ``on [R]`` (has a target) and target column ``local [R]`` (0 where off); the ids
+    were checked by :func:`_check_targets`."""
+    on = mask[start + rows, k]
+    return on, torch.where(on, tokens[start + rows, k] - heads[k].offset, 0)
 
 
 # Largest spread (max - min) of a stream's bias ``e_k W^T`` for which the factored path is used: its
@@ -268,12 +428,33 @@ def _targets(tokens, mask, heads, k, start, rows):
 _MAX_BIAS_SPREAD = 40.0
 
 
-def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, correct, grads, scratch):
+def _stream_biases(heads, streams):
+    """``(biases [S, V] float32, factored)`` of a group of several streams sharing one projection: each
+    stream's bias ``e_k W^T`` (0 without a shift), and whether their spread allows the one-exponential
+    path (:data:`_MAX_BIAS_SPREAD`); ``(None, False)`` for a single stream. Computed once per call, not
+    per chunk (the spread check is a host sync)."""
+    if len(streams) == 1:
+        return None, False
+    first = heads[streams[0]]
+    weight = first.weight.detach()[first.lo : first.hi]
+    biases = torch.stack(
+        [
+            torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+            if heads[k].shift is None
+            else (heads[k].shift.detach()[heads[k].shift_row].to(weight.dtype) @ weight.t()).float()
+            for k in streams
+        ]
+    )
+    return biases, float((biases.amax(1) - biases.amin(1)).max()) <= _MAX_BIAS_SPREAD
+
+
+def _group(hidden, tokens, mask, weights, heads, streams, prepared, start, stop, ce, correct, grads, scratch):
     """One chunk ``[start, stop)`` of the streams sharing one projection (see :func:`_forward`).
 
-    Buffers (``scratch``): ``base`` holds ``x W^T``. Several streams take the factored path
-    (:func:`_shared_streams`) when their biases allow it; otherwise each stream's logits go to ``a``
-    or ``b`` in turn and the first of them (``a``) accumulates the group's logit gradient.
+    ``prepared`` is the group's :func:`_stream_biases`. Buffers (``scratch``): ``base`` holds
+    ``x W^T``. Several streams take the factored path (:func:`_shared_streams`) when their biases allow
+    it; otherwise each stream's logits go to ``a`` or ``b`` in turn and the first of them (``a``)
+    accumulates the group's logit gradient.
     """
     rows = mask[start:stop, streams].any(-1).nonzero().squeeze(1)
     if rows.numel() == 0:
@@ -290,20 +471,12 @@ def _group(hidden, tokens, mask, weights, heads, streams, start, stop, ce, corre
     else:
         base.copy_(F.linear(x, weight))
     grad_w = grads.get(id(first.weight))
-    if not single:
-        biases = torch.stack(
-            [
-                torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
-                if heads[k].shift is None
-                else (heads[k].shift.detach()[heads[k].shift_row].to(weight.dtype) @ weight.t()).float()
-                for k in streams
-            ]
-        )  # [S, V]
-        if float((biases.amax(1) - biases.amin(1)).max()) <= _MAX_BIAS_SPREAD:
-            summed = _shared_streams(base, biases, tokens, mask, weights, heads, streams, start, rows, ce, correct,
-                                     grads, grad_w, weight, scratch)  # fmt: skip
-            _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single)
-            return
+    biases, factored = prepared  # [S, V] (several streams)
+    if factored:
+        summed = _shared_streams(base, biases, tokens, mask, weights, heads, streams, start, rows, ce, correct,
+                                 grads, grad_w, weight, scratch)  # fmt: skip
+        _project_back(summed, x, weight, rows, start, stop, hidden, grads, grad_w, first, single)
+        return
     summed = None  # sum over the group's streams of d loss / d logits (several streams only)
     for j, k in enumerate(streams):
         head = heads[k]
