@@ -201,9 +201,11 @@ def segmented_sdpa_forward(
     if query.shape[0] != 1:
         raise ValueError(f"sample offsets need one flattened row, got query of shape {tuple(query.shape)}")
     groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: repeat the key/value heads once for all samples
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     kernel = _varlen_kernel(query, dropout)
+    # grouped-query attention: the varlen kernel takes the grouped key/value heads as they are; the
+    # per-sample loop repeats them once for all samples
+    if groups > 1 and (kernel is None or not VARLEN_GQA):
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     if kernel is not None:  # one fused launch for every sample (CUDA, half precision)
         longest = kwargs.get("max_length_q")
         longest = int(offsets.diff().max()) if longest is None else int(longest)
@@ -234,6 +236,11 @@ USE_VARLEN_KERNEL = True
 """On CUDA, run packed samples through torch's fused varlen flash-attention kernel
 (``torch.nn.attention.varlen.varlen_attn``, torch >= 2.9) in one launch instead of one SDPA call per
 sample. Set to False to force the per-sample loop (benchmarks compare the two)."""
+
+
+VARLEN_GQA = True
+"""Pass grouped key/value heads to the varlen kernel as they are (flash attention maps each query head
+to its group) instead of repeating them to the query's head count first; False repeats them."""
 
 
 def _varlen_kernel(query: torch.Tensor, dropout: float):

@@ -263,35 +263,52 @@ def test_varlen_kernel_applies_only_to_cuda_half_precision(monkeypatch):
     assert packing._varlen_kernel(FakeCuda(torch.bfloat16), 0.0) is None
 
 
+def per_sample_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+    """A reference for torch's varlen kernel on the CPU: causal SDPA per sample, ``(N, heads, head_dim)``
+    tensors, grouped key/value heads allowed."""
+    bounds = cu_q.tolist()
+    return torch.cat(
+        [
+            torch.nn.functional.scaled_dot_product_attention(
+                *(t[s:e].transpose(0, 1) for t in (q, k, v)), is_causal=True, scale=scale, enable_gqa=True
+            ).transpose(0, 1)
+            for s, e in zip(bounds[:-1], bounds[1:])
+        ]
+    )
+
+
 def test_varlen_kernel_call_matches_the_per_sample_loop(monkeypatch):
-    """The fused path hands the kernel ``(N, heads, head_dim)`` tensors, int32 offsets, the longest sample
-    and a causal window, and its output layout equals the per-sample loop's (checked with a reference
-    kernel that runs causal SDPA per sample)."""
+    """The fused path hands the kernel ``(N, heads, head_dim)`` queries and ``(N, kv_heads, head_dim)``
+    keys and values (grouped heads as they are, :data:`packing.VARLEN_GQA`; repeated to the query heads
+    when that is off), int32 offsets, the longest sample and a causal window, and its output layout
+    equals the per-sample loop's (checked with a reference kernel that runs causal SDPA per sample)."""
     calls = []
 
     def reference_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
-        calls.append((q.shape, cu_q.dtype, cu_q.tolist(), max_q, max_k, window_size))
+        calls.append((q.shape, k.shape, v.shape, cu_q.dtype, cu_q.tolist(), max_q, max_k, window_size))
         assert torch.equal(cu_q, cu_k) and window_size == (-1, 0)
-        bounds = cu_q.tolist()
-        return torch.cat(
-            [
-                torch.nn.functional.scaled_dot_product_attention(
-                    q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), is_causal=True
-                ).transpose(0, 1)
-                for s, e in zip(bounds[:-1], bounds[1:])
-            ]
-        )
+        return per_sample_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
 
     backbone = tiny("qwen3")
     x = embeds(1, sum(LENGTHS))
     pos = positions(*LENGTHS)
     expected = backbone(x, pos)
     monkeypatch.setattr(packing, "_varlen_kernel", lambda query, dropout: reference_kernel)
-    torch.testing.assert_close(backbone(x, pos), expected, atol=1e-5, rtol=0)
-    heads = backbone.lm.config.num_attention_heads
-    head_dim = backbone.lm.config.head_dim
-    assert calls[0] == ((sum(LENGTHS), heads, head_dim), torch.int32, [0, 5, 8, 12], 5, 5, (-1, 0))
-    assert len(calls) == backbone.lm.config.num_hidden_layers
+    config = backbone.lm.config
+    n, heads, kv_heads, head_dim = (
+        sum(LENGTHS),
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+    )
+    assert kv_heads < heads  # the tiny preset is grouped-query
+    for grouped, kv in ((True, kv_heads), (False, heads)):
+        monkeypatch.setattr(packing, "VARLEN_GQA", grouped)
+        calls.clear()
+        torch.testing.assert_close(backbone(x, pos), expected, atol=1e-5, rtol=0)
+        q_shape, kv_shape = (n, heads, head_dim), (n, kv, head_dim)
+        assert calls[0] == (q_shape, kv_shape, kv_shape, torch.int32, [0, 5, 8, 12], 5, 5, (-1, 0))
+        assert len(calls) == config.num_hidden_layers
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused varlen kernel runs on CUDA only")
@@ -347,15 +364,7 @@ def test_compiled_layers_equal_eager_layers_on_packed_rows(monkeypatch):
 
     def reference_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
         calls.append(max_q)
-        bounds = cu_q.tolist()
-        return torch.cat(
-            [
-                torch.nn.functional.scaled_dot_product_attention(
-                    q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), is_causal=True
-                ).transpose(0, 1)
-                for s, e in zip(bounds[:-1], bounds[1:])
-            ]
-        )
+        return per_sample_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
 
     monkeypatch.setattr(packing, "_varlen_kernel", lambda query, dropout: reference_kernel)
     x = embeds(1, sum(LENGTHS))
