@@ -66,7 +66,7 @@ for step in $steps; do
     case $step in
         1) run_step "device" "$out/device.txt" device_info ;;
         2) run_step "CUDA tests" "$out/tests.log" python -m pytest -q -rs -p no:cacheprovider \
-               tests/model/test_cuda.py tests/backbones/test_packing.py tests/encoders/test_mel.py ;;
+               tests/model/test_cuda.py tests/model/test_loss.py tests/backbones/test_packing.py tests/encoders/test_mel.py ;;
         3) run_step "GPU benchmarks" "$out/gpu.log" \
                python -m benchmarks gpu --threads 0 --out "$out/gpu.json" ;;
         4) run_step "bf16 fit + resume" "$out/fit.log" fit_and_resume ;;
