@@ -18,6 +18,11 @@ recomputation. Codec streams that share the head differ only by a bias ``b_k = e
 softmaxes come from one exponential of the shared product (``exp(l + b_k) = exp(l) exp(b_k)``): one
 ``exp`` pass per chunk instead of one per stream (see :func:`_shared_streams`).
 
+On CUDA in bf16/fp16, a stream with a projection of its own (stream 0, a per-codebook head) takes the
+row kernel instead (:data:`ROW_KERNEL`): half-precision logits from a head padded to :data:`VOCAB_ALIGN`
+ids, and one compiled function for the cross entropy, the accuracy and the logit gradient
+(:func:`_softmax_xent_rows`), chunked over the positions that have a target.
+
 Weights: a codec token counts ``codec_weight`` (default ``1 / K``: one audio frame weighs one text
 token), every other token 1. The total is the weighted sum divided by the number of stream-0 target
 positions (the reference normalisation). Reported besides: text loss (stream-0 non-codec targets),
