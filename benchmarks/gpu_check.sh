@@ -9,6 +9,8 @@
 #      audio generation)                                        -> OUT_DIR/gpu.json, OUT_DIR/gpu.log
 #   4. a short bf16 fit of the demo config on the GPU, then a resume from its last checkpoint
 #                                                               -> OUT_DIR/fit.log
+#   5. python -m benchmarks.gpu_probe: the step's parts and variants side by side, and profiles
+#                                      -> OUT_DIR/probe.json, OUT_DIR/profile*.txt, OUT_DIR/probe.log
 #
 # A failing step is reported and the next one still runs; the exit status is the number of failed
 # steps. STEPS="2 3" runs only those steps; FIT_STRATEGY=recipes/configs/strategies/fsdp.yaml adds a
@@ -17,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 out=${1:-gpu_check}
-steps=${STEPS:-"1 2 3 4"}
+steps=${STEPS:-"1 2 3 4 5"}
 mkdir -p "$out"
 failed=0
 
@@ -70,7 +72,8 @@ for step in $steps; do
         3) run_step "GPU benchmarks" "$out/gpu.log" \
                python -m benchmarks gpu --threads 0 --out "$out/gpu.json" ;;
         4) run_step "bf16 fit + resume" "$out/fit.log" fit_and_resume ;;
-        *) echo "[gpu_check] unknown step $step (steps are 1 2 3 4)" >&2; failed=$((failed + 1)) ;;
+        5) run_step "probe" "$out/probe.log" python -m benchmarks.gpu_probe --out "$out" ;;
+        *) echo "[gpu_check] unknown step $step (steps are 1 2 3 4 5)" >&2; failed=$((failed + 1)) ;;
     esac
 done
 echo "[gpu_check] done: $failed failed step(s); logs in $out/"

@@ -1,0 +1,303 @@
+"""GPU probe: the 0.6B training step's parts and variants side by side, and a profile (a development tool).
+
+    python -m benchmarks.gpu_probe [attention] [loss] [step] [--out DIR]
+
+Where ``python -m benchmarks gpu`` reports one figure per entry, this breaks the step down to choose the
+next change (stop 20 used it to find the loss's padding and chunk size):
+
+* ``attention``: one layer's packed attention (16,384 tokens of 20-120-token samples, 16 query heads
+  over 8 key/value heads of 128, bf16), forward + backward, with the varlen kernel given repeated,
+  grouped, or grouped contiguous key/value heads, and ``flex_attention`` with a block-causal mask;
+  the largest difference of each from the repeated heads' outputs and gradients.
+* ``loss``: ``multistream_loss`` alone (16,384 positions, 8 streams, 160,125 ids, bf16), forward +
+  backward, with the float32 passes and with the row kernel at chunks 1024 to 16384: seconds, peak
+  memory, and the relative difference of the loss and gradients; then a profile of chunk 4096
+  (``DIR/profile_loss.txt``).
+* ``step``: the compiled training step of ``benchmarks.gpu``'s model and rows for combinations of loss
+  path, key/value heads and loss chunk (seconds, MFU), then a profile of the fastest
+  (``DIR/profile.txt``).
+
+Every figure goes to ``DIR/probe.json`` as soon as it is measured (a run cut short keeps what it has).
+A part that fails is recorded as ``<part>.error`` and the next part runs. Without CUDA it runs tiny
+shapes on the CPU (a check of the code path; the attention part needs CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PARTS = ("attention", "loss", "step")
+
+
+class Probe:
+    def __init__(self, out: Path, device: str):
+        self.out, self.device, self.results = out, device, {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def log(self, key: str, value: Any) -> None:
+        self.results[key] = value
+        print(f"[probe] {key}: {value}", flush=True)
+        (self.out / "probe.json").write_text(json.dumps(self.results, indent=1, default=str))
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def time(self, fn, repeats: int = 5, warmup: int = 2) -> float:
+        """Median seconds of ``fn`` (synchronised)."""
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    def profile(self, fn, path: str, rows: int = 40) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
+        with warnings.catch_warnings():  # torch's note that a profiler cycle drops earlier events
+            warnings.filterwarnings("ignore", message=".*Profiler clears events")
+            with profile(activities=activities) as prof:
+                fn()
+                self.sync()
+        key = "self_cuda_time_total" if self.device == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=90)
+        (self.out / path).write_text(table)
+
+
+def _max_diff(got, want) -> float:
+    return max(float((a.float() - b.float()).abs().max()) for a, b in zip(got, want))
+
+
+def _lengths(total: int, gen: torch.Generator) -> list[int]:
+    out, left = [], total
+    while left > 0:
+        out.append(min(left, int(torch.randint(20, 121, (1,), generator=gen))))
+        left -= out[-1]
+    return out
+
+
+def attention(probe: Probe) -> None:
+    from torch.nn.attention.varlen import varlen_attn
+
+    dev = probe.device
+    n, hq, hkv, d = (16384, 16, 8, 128) if dev == "cuda" else (256, 4, 2, 16)
+    gen = torch.Generator().manual_seed(0)
+    lens = _lengths(n, gen)
+    cu = torch.tensor([0, *lens], device=dev).cumsum(0).to(torch.int32)
+    longest = max(lens)
+    q0, k0, v0 = (torch.randn(1, h, n, d, device=dev, dtype=torch.bfloat16) for h in (hq, hkv, hkv))
+    proj = torch.randn(n, hq, d, device=dev, dtype=torch.bfloat16)  # a fixed random projection as the loss
+
+    def varlen(variant: str):
+        q, k, v = (t.detach().requires_grad_() for t in (q0, k0, v0))
+        kk, vv = (t.repeat_interleave(hq // hkv, 1) for t in (k, v)) if variant == "repeat" else (k, v)
+        args = [t[0].transpose(0, 1) for t in (q, kk, vv)]
+        if variant == "gqa_contiguous":
+            args = [t.contiguous() for t in args]
+        out = varlen_attn(*args, cu, cu, longest, longest, window_size=(-1, 0))
+        (out * proj).sum().backward()
+        return out.detach(), q.grad, k.grad, v.grad
+
+    reference = varlen("repeat")
+    for variant in ("gqa", "gqa_contiguous"):
+        probe.log(f"attention.{variant}.max_abs_diff", _max_diff(varlen(variant), reference))
+    for variant in ("repeat", "gqa", "gqa_contiguous"):
+        probe.log(f"attention.{variant}.fwd_bwd_s", probe.time(lambda v=variant: varlen(v)))
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    segment = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
+
+    def mask_mod(b, h, qi, ki):
+        return (segment[qi] == segment[ki]) & (ki <= qi)
+
+    block_mask = create_block_mask(mask_mod, 1, 1, n, n, device=dev)
+    compiled = torch.compile(flex_attention)
+
+    def flex():
+        q, k, v = (t.detach().requires_grad_() for t in (q0, k0, v0))
+        out = compiled(q, k, v, block_mask=block_mask, enable_gqa=True).transpose(1, 2)[0]
+        (out * proj).sum().backward()
+        return out.detach(), q.grad, k.grad, v.grad
+
+    probe.log("attention.flex.max_abs_diff", _max_diff(flex(), reference))
+    probe.log("attention.flex.fwd_bwd_s", probe.time(flex))
+    probe.log(
+        "attention.flex.block_mask_s", probe.time(lambda: create_block_mask(mask_mod, 1, 1, n, n, device=dev))
+    )
+
+
+def loss(probe: Probe) -> None:
+    from bagpiper_lib.model import loss as loss_module
+    from bagpiper_lib.model.loss import StreamHead, StreamTargets, multistream_loss
+
+    dev = probe.device
+    p, h, text, codec, k = (16384, 1024, 151925, 8200, 8) if dev == "cuda" else (300, 32, 500, 80, 8)
+    vocab = text + codec
+    gen = torch.Generator().manual_seed(0)
+    hidden0 = (torch.randn(p, h, generator=gen) * 0.5).to(dev, torch.bfloat16)
+    weight = torch.nn.Parameter((torch.randn(vocab, h, generator=gen) * 0.02).to(dev, torch.bfloat16))
+    shift = torch.nn.Parameter((torch.randn(k - 1, h, generator=gen) * 0.02).to(dev, torch.bfloat16))
+    audio = torch.rand(p, generator=gen) < 0.5
+    tokens = torch.empty(p, k, dtype=torch.long)
+    tokens[:, 0] = torch.where(
+        audio,
+        text + torch.randint(min(1024, codec), (p,), generator=gen),
+        torch.randint(text, (p,), generator=gen),
+    )
+    for s in range(1, k):
+        tokens[:, s] = text + torch.randint(codec, (p,), generator=gen)
+    mask = torch.zeros(p, k, dtype=torch.bool)
+    mask[:, 0] = True
+    mask[audio, 1:] = True
+    tokens, mask = tokens.to(dev), mask.to(dev)
+    heads = [StreamHead(weight, 0, vocab, 0)] + [
+        StreamHead(weight, text, vocab, text, shift=shift, shift_row=s - 1) for s in range(1, k)
+    ]
+
+    def step(chunk: int):
+        hidden = hidden0.detach().requires_grad_()
+        weight.grad = shift.grad = None
+        out = multistream_loss(
+            StreamTargets(hidden, tokens, mask),
+            heads,
+            codec_offset=text,
+            codec_weight=1 / k,
+            chunk_size=chunk,
+        )
+        out.loss.backward()
+        return out.loss.detach(), hidden.grad, weight.grad, shift.grad
+
+    saved = loss_module.ROW_KERNEL
+    reference = None
+    try:
+        for mode, chunk in (
+            ("never", 1024),
+            ("always", 1024),
+            ("always", 4096),
+            ("always", 8192),
+            ("always", 16384),
+        ):
+            loss_module.ROW_KERNEL = mode
+            name = f"loss.{'row_kernel' if mode == 'always' else 'float32_passes'}.chunk{chunk}"
+            got = step(chunk)
+            if reference is None:
+                reference = got
+                probe.log("loss.value", float(got[0]))
+            else:
+                probe.log(f"{name}.relative_diff", [
+                    float((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-30))
+                    for a, b in zip(got, reference)
+                ])  # fmt: skip
+            if dev == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            probe.log(f"{name}.s", probe.time(lambda c=chunk: step(c), repeats=3, warmup=1))
+            if dev == "cuda":
+                probe.log(f"{name}.peak_gib", torch.cuda.max_memory_allocated() / 2**30)
+        loss_module.ROW_KERNEL = "always"
+        probe.profile(lambda: step(4096), "profile_loss.txt", rows=30)
+    finally:
+        loss_module.ROW_KERNEL = saved
+
+
+def step(probe: Probe) -> None:
+    from bagpiper_lib.backbones import packing
+    from bagpiper_lib.model import loss as loss_module
+    from benchmarks import gpu
+
+    dev = probe.device
+    cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
+    model = gpu._model(cfg, dev).train()
+    batch = gpu.training_rows(model, cfg["budget"], cfg["rows"]).to(dev)
+    flops = gpu.model_flops(model, batch)
+    peak = gpu.peak_flops(torch.cuda.get_device_name()) if dev == "cuda" else None
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=dev == "cuda"
+    )
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        optimizer.step()
+
+    combos = [  # name, loss path, grouped key/value heads to the varlen kernel, loss chunk
+        ("float32_passes.repeat.c1024", "never", False, 1024),
+        ("float32_passes.grouped.c1024", "never", True, 1024),
+        ("row_kernel.grouped.c1024", "auto", True, 1024),
+        ("row_kernel.grouped.c4096", "auto", True, 4096),
+        ("row_kernel.grouped.c8192", "auto", True, 8192),
+    ]
+    if dev != "cuda":
+        combos = [("row_kernel.grouped.c1024", "always", True, 1024)]
+    saved = loss_module.ROW_KERNEL, packing.VARLEN_GQA, model.loss_chunk_size
+    try:
+        model.backbone.compile_layers(**({} if dev == "cuda" else {"backend": "aot_eager"}))
+        start = time.perf_counter()
+        train_step()
+        probe.sync()
+        probe.log("step.compile_s", time.perf_counter() - start)
+        best = None
+        for name, mode, grouped, chunk in combos:
+            loss_module.ROW_KERNEL, packing.VARLEN_GQA, model.loss_chunk_size = mode, grouped, chunk
+            seconds = probe.time(train_step)
+            probe.log(f"step.{name}.s", seconds)
+            if peak:
+                probe.log(f"step.{name}.mfu", flops / seconds / peak)
+            if best is None or seconds < best[1]:
+                best = (name, seconds, mode, grouped, chunk)
+        probe.log("step.fastest", best[0])
+        _, _, loss_module.ROW_KERNEL, packing.VARLEN_GQA, model.loss_chunk_size = best
+
+        def two_steps():
+            train_step()
+            train_step()
+
+        probe.profile(two_steps, "profile.txt")
+    finally:
+        loss_module.ROW_KERNEL, packing.VARLEN_GQA, model.loss_chunk_size = saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_probe", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("parts", nargs="*", metavar="PART", help=f"{', '.join(PARTS)} (default: all)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("gpu_probe"), help="output folder (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [part for part in args.parts if part not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}: the parts are {', '.join(PARTS)}")
+    probe = Probe(args.out, "cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if probe.device == "cuda" else "cpu (code-path check)"
+    probe.log("device", f"{name}, torch {torch.__version__}")
+    failed = 0
+    for part in args.parts or PARTS:
+        start = time.perf_counter()
+        try:
+            globals()[part](probe)
+        except Exception as error:  # noqa: BLE001 - record it and go on with the next part
+            traceback.print_exc()
+            probe.log(f"{part}.error", f"{type(error).__name__}: {error}"[:800])
+            failed += 1
+        probe.log(f"{part}.wall_s", time.perf_counter() - start)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
