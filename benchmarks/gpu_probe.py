@@ -1,6 +1,6 @@
 """GPU probe: the 0.6B training step's parts and variants side by side, and a profile (a development tool).
 
-    python -m benchmarks.gpu_probe [attention] [loss] [step] [--out DIR]
+    python -m benchmarks.gpu_probe [attention] [loss] [step] [rows8] [--out DIR]
 
 Where ``python -m benchmarks gpu`` reports one figure per entry, this breaks the step down to choose the
 next change (stop 20 used it to find the loss's padding and chunk size):
@@ -16,6 +16,8 @@ next change (stop 20 used it to find the loss's padding and chunk size):
 * ``step``: the compiled training step of ``benchmarks.gpu``'s model and rows for combinations of loss
   path, key/value heads and loss chunk (seconds, MFU), then a profile of the fastest
   (``DIR/profile.txt``).
+* ``rows8``: the compiled step at 8 rows with the compiled layers' activation memory budget at 1.0,
+  0.7 and 0.5 (seconds, MFU, peak memory, or the out-of-memory).
 
 Every figure goes to ``DIR/probe.json`` as soon as it is measured (a run cut short keeps what it has).
 A part that fails is recorded as ``<part>.error`` and the next part runs. Without CUDA it runs tiny
@@ -35,7 +37,7 @@ from typing import Any
 
 import torch
 
-PARTS = ("attention", "loss", "step")
+PARTS = ("attention", "loss", "step", "rows8")
 
 
 class Probe:
@@ -269,6 +271,60 @@ def step(probe: Probe) -> None:
         probe.profile(two_steps, "profile.txt")
     finally:
         loss_module.ROW_KERNEL, packing.VARLEN_GQA, model.loss_chunk_size = saved
+
+
+def rows8(probe: Probe) -> None:
+    """The compiled step at 8 rows of 4096 (twice ``gpu.mfu``'s batch: the host's share of the step
+    halves) with the compiled layers' activation memory budget at 1.0 (torch's default), 0.7 and 0.5:
+    below 1 the partitioner recomputes the cheapest saved activations in backward. The 4-row step
+    peaked at 48 GB on an 80 GB H100, so 8 rows need the budget or do not fit; an out-of-memory is
+    recorded per budget."""
+    import gc
+
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+
+    from benchmarks import gpu
+
+    dev = probe.device
+    cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
+    rows = 8 if dev == "cuda" else 2
+    model = gpu._model(cfg, dev).train()
+    batch = gpu.training_rows(model, cfg["budget"], rows).to(dev)
+    flops = gpu.model_flops(model, batch)
+    peak = gpu.peak_flops(torch.cuda.get_device_name()) if dev == "cuda" else None
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=dev == "cuda"
+    )
+    backend = {} if dev == "cuda" else {"backend": "aot_eager_decomp_partition"}  # the same partitioner
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        optimizer.step()
+
+    for budget in (1.0, 0.7, 0.5):
+        name = f"rows8.budget{budget}"
+        torch._dynamo.reset()
+        try:
+            with functorch_config.patch(activation_memory_budget=budget):
+                model.backbone.compile_layers(**backend)
+                if dev == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                seconds = probe.time(train_step, repeats=3, warmup=2)
+            probe.log(f"{name}.s", seconds)
+            if peak:
+                probe.log(f"{name}.mfu", flops / seconds / peak)
+            if dev == "cuda":
+                probe.log(f"{name}.peak_gib", torch.cuda.max_memory_allocated() / 2**30)
+        except torch.OutOfMemoryError as error:
+            probe.log(f"{name}.out_of_memory", str(error)[:200])
+        finally:
+            model.backbone.compile_layers(False)
+            optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if dev == "cuda":
+                torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:
