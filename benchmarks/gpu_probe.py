@@ -287,6 +287,9 @@ def rows8(probe: Probe) -> None:
     from benchmarks import gpu
 
     dev = probe.device
+    gc.collect()  # the step part's model, if it ran before in this process
+    if dev == "cuda":
+        torch.cuda.empty_cache()
     cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
     rows = 8 if dev == "cuda" else 2
     model = gpu._model(cfg, dev).train()
