@@ -401,3 +401,61 @@ def test_compiled_layers_on_gpu_match_eager_with_the_varlen_kernel():
         got, want = got.float(), want.float()  # bf16: fused kernels round differently, so relative
         assert float((got - want).norm() / want.norm()) < 2e-2, what
     torch._dynamo.reset()
+
+
+def _saved_activation_bytes(backbone, x, pos) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Bytes the backbone saves for backward (parameters excluded), its output and input gradient."""
+    params = {p.untyped_storage().data_ptr() for p in backbone.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    x = x.detach().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = backbone(x, pos)
+    (grad,) = torch.autograd.grad(projection(out), x)
+    return total, out.detach(), grad
+
+
+def test_compiled_layers_activation_memory_budget_recomputes_instead_of_saving():
+    """``activation_memory_budget`` below 1 makes the compiled layers save fewer activation bytes for
+    backward (the partitioner recomputes them; ``aot_eager_decomp_partition`` is inductor's
+    partitioner without code generation), with the eager outputs and input gradients, and leaves the
+    process's default budget alone."""
+    import torch._dynamo
+    from torch._functorch import config as functorch_config
+
+    config = {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
+    x, pos = embeds(1, 96, hidden=128), positions(40, 32, 24)
+    eager = tiny("qwen3", config=config).train()
+    _, want_out, want_grad = _saved_activation_bytes(eager, x, pos)
+    saved = {}
+    for budget in (1.0, 0.3):
+        torch._dynamo.reset()
+        backbone = tiny("qwen3", config=config).train()
+        backbone.compile_layers(backend="aot_eager_decomp_partition", activation_memory_budget=budget)
+        _saved_activation_bytes(backbone, x, pos)  # compiles
+        saved[budget], out, grad = _saved_activation_bytes(backbone, x, pos)
+        torch.testing.assert_close(out, want_out, atol=1e-5, rtol=0)
+        torch.testing.assert_close(grad, want_grad, atol=1e-5, rtol=0)
+    assert saved[0.3] < 0.9 * saved[1.0], saved
+    assert functorch_config.activation_memory_budget == 1.0
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("budget", [0, 1.5, "half", True])
+def test_compiled_layers_activation_memory_budget_outside_0_1_is_refused(budget):
+    with pytest.raises(ValueError, match=r"activation_memory_budget must be a number in \(0, 1\]"):
+        tiny("qwen3").compile_layers(activation_memory_budget=budget)
