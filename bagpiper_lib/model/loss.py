@@ -335,17 +335,25 @@ def _row_kernel(device: torch.device):
     return fn
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a failed ``torch.compile`` raises (``InductorError`` is not in every torch >= 2.4)."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    try:
+        from torch._inductor.exc import InductorError
+    except ImportError:
+        return (BackendCompilerFailed,)
+    return (BackendCompilerFailed, InductorError)
+
+
 def _rows(device: torch.device, *args):
     """:func:`_row_kernel` applied to ``args``; a compilation that fails falls back to eager for good."""
     fn = _row_kernel(device)
     if fn is _softmax_xent_rows:
         return fn(*args)
-    from torch._dynamo.exc import BackendCompilerFailed
-    from torch._inductor.exc import InductorError
-
     try:
         return fn(*args)
-    except (BackendCompilerFailed, InductorError) as error:
+    except _compile_errors() as error:
         warnings.warn(
             f"the loss's row kernel did not compile ({type(error).__name__}: {str(error)[:200]}); "
             "running it eagerly (more memory traffic). Set bagpiper_lib.model.loss.COMPILE_ROW_KERNEL = False "

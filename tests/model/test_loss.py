@@ -282,3 +282,14 @@ def test_a_row_kernel_that_fails_to_compile_falls_back_to_eager_with_a_warning(m
     assert loss_module._COMPILED_ROWS["cpu"] is loss_module._softmax_xent_rows
     multistream_loss(StreamTargets(hidden, tokens, mask), heads, codec_offset=CODEC, codec_weight=0.25)
     assert len(attempts) == 1
+
+
+def test_compile_errors_without_inductor_error(monkeypatch):
+    """Older torch releases have no ``InductorError``: the fallback then catches ``BackendCompilerFailed``
+    alone instead of failing to import."""
+    import torch._inductor.exc
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    assert torch._inductor.exc.InductorError in loss_module._compile_errors()
+    monkeypatch.delattr(torch._inductor.exc, "InductorError")
+    assert loss_module._compile_errors() == (BackendCompilerFailed,)
