@@ -288,6 +288,14 @@ class Backbone(torch.nn.Module):
             raise ValueError(
                 f"compile_layers: activation_memory_budget must be a number in (0, 1], got {budget!r}"
             )
+        if budget is not None:
+            from torch._functorch import config as functorch_config
+
+            if not hasattr(functorch_config, "activation_memory_budget"):
+                raise ValueError(
+                    f"compile_layers: activation_memory_budget needs a torch whose partitioner has it "
+                    f"(torch._functorch.config.activation_memory_budget); this is torch {torch.__version__}"
+                )
         layers = getattr(self.body, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
             raise ValueError(

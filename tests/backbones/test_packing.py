@@ -459,3 +459,11 @@ def test_compiled_layers_activation_memory_budget_recomputes_instead_of_saving()
 def test_compiled_layers_activation_memory_budget_outside_0_1_is_refused(budget):
     with pytest.raises(ValueError, match=r"activation_memory_budget must be a number in \(0, 1\]"):
         tiny("qwen3").compile_layers(activation_memory_budget=budget)
+
+
+def test_compiled_layers_activation_memory_budget_names_a_torch_without_it(monkeypatch):
+    from torch._functorch import config as functorch_config
+
+    monkeypatch.delattr(functorch_config, "activation_memory_budget")
+    with pytest.raises(ValueError, match="activation_memory_budget needs a torch whose partitioner has it"):
+        tiny("qwen3").compile_layers(activation_memory_budget=0.5)
