@@ -142,6 +142,24 @@ def training_rows(model, budget: int, rows: int):
     return batch
 
 
+def training_setup(cfg: dict[str, Any], device: str, rows: int | None = None):
+    """``(model, batch, optimizer, train_step)``: the benchmark's model in train mode, ``rows`` (default
+    ``cfg["rows"]``) packed rows on ``device``, the optimizer the recipe builds there (fused AdamW on
+    CUDA: ``optimizer.fused`` null), and one training step (zero grad, forward, backward, step)."""
+    model = _model(cfg, device).train()
+    batch = training_rows(model, cfg["budget"], rows or cfg["rows"]).to(device)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=device == "cuda"
+    )
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        optimizer.step()
+
+    return model, batch, optimizer, train_step
+
+
 def model_flops(model, batch) -> float:
     """Model FLOPs of one training step (see the module docstring)."""
     c = model.backbone.config
@@ -241,21 +259,10 @@ def run(size: str = "full") -> list[dict[str, Any]]:
     if device == "cpu":
         cfg = {**cfg, **{k: v for k, v in SIZES["smoke"].items() if k != "repeats"}}
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (code-path check)"
-    model = _model(cfg, device).train()
-    budget, repeats = cfg["budget"], cfg["repeats"]
+    repeats = cfg["repeats"]
 
     # ------------------------------------------------------------------ training step MFU
-    batch = training_rows(model, budget, cfg["rows"]).to(device)
-    # the optimizer the recipe builds on a GPU (recipes.module: optimizer.fused null -> fused on CUDA)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=device == "cuda"
-    )
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        model(batch).loss.backward()
-        optimizer.step()
-
+    model, batch, optimizer, train_step = training_setup(cfg, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     eager_s, _ = median_time(train_step, repeats, warmup=2)

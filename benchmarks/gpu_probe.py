@@ -223,19 +223,9 @@ def step(probe: Probe) -> None:
 
     dev = probe.device
     cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
-    model = gpu._model(cfg, dev).train()
-    batch = gpu.training_rows(model, cfg["budget"], cfg["rows"]).to(dev)
+    model, batch, _, train_step = gpu.training_setup(cfg, dev)
     flops = gpu.model_flops(model, batch)
     peak = gpu.peak_flops(torch.cuda.get_device_name()) if dev == "cuda" else None
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=dev == "cuda"
-    )
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        model(batch).loss.backward()
-        optimizer.step()
-
     combos = [  # name, loss path, grouped key/value heads to the varlen kernel, loss chunk
         ("float32_passes.repeat.c1024", "never", False, 1024),
         ("float32_passes.grouped.c1024", "never", True, 1024),
@@ -290,20 +280,10 @@ def rows8(probe: Probe) -> None:
     if dev == "cuda":
         torch.cuda.empty_cache()
     cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
-    rows = 8 if dev == "cuda" else 2
-    model = gpu._model(cfg, dev).train()
-    batch = gpu.training_rows(model, cfg["budget"], rows).to(dev)
+    model, batch, optimizer, train_step = gpu.training_setup(cfg, dev, rows=8 if dev == "cuda" else 2)
     flops = gpu.model_flops(model, batch)
     peak = gpu.peak_flops(torch.cuda.get_device_name()) if dev == "cuda" else None
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=dev == "cuda"
-    )
     backend = {} if dev == "cuda" else {"backend": "aot_eager_decomp_partition"}  # the same partitioner
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        model(batch).loss.backward()
-        optimizer.step()
 
     for budget in (1.0, 0.7, 0.5):
         name = f"rows8.budget{budget}"
