@@ -303,9 +303,9 @@ def _use_row_kernel(head: StreamHead, hidden: torch.Tensor) -> bool:
     return _compute_dtype(head.weight, hidden) in (torch.float16, torch.bfloat16)
 
 
-def _softmax_xent_rows(logits, local, on, w, cols: int):
-    """Per row of ``logits [R, C]`` (ids ``>= cols`` are padding): the float32 cross entropy of target
-    column ``local`` (0 where ``on`` is False), whether the target scores highest (ties count), and
+def _softmax_xent_rows(logits, local, w, cols: int):
+    """Per row of ``logits [R, C]`` (ids ``>= cols`` are padding; every row has a target): the float32
+    cross entropy of target column ``local``, whether the target scores highest (ties count), and
     ``d (w * CE) / d logits = w * (softmax - onehot)`` in the logits' dtype. Pure tensor code, so that
     inductor fuses it (:data:`COMPILE_ROW_KERNEL`)."""
     x = logits.float()
@@ -316,8 +316,8 @@ def _softmax_xent_rows(logits, local, on, w, cols: int):
     exp = (x - top).exp()
     total = exp.sum(1, keepdim=True)
     picked = x.gather(1, local[:, None]) - top  # the target logit minus the row maximum
-    ce = torch.where(on, total.squeeze(1).log() - picked.squeeze(1), 0.0)
-    correct = (on & (picked.squeeze(1) >= 0)).float()
+    ce = total.squeeze(1).log() - picked.squeeze(1)
+    correct = (picked.squeeze(1) >= 0).float()
     grad = exp * (w[:, None] / total) - torch.where(ids == local[:, None], w[:, None], 0.0)
     return ce, correct, grad.to(logits.dtype)
 
@@ -394,8 +394,7 @@ class _RowKernelHead:
             x = self.head.inputs(hidden.detach()[rows]).to(self.weight.dtype)
             with torch.autocast(x.device.type, enabled=False):
                 logits = x @ self.weight.t()  # [R, padded]
-                on = torch.ones_like(rows, dtype=torch.bool)
-                c, hit, grad = _rows(x.device, logits, ids[rows], on, weights[rows, k], self.cols)
+                c, hit, grad = _rows(x.device, logits, ids[rows], weights[rows, k], self.cols)
                 ce[rows, k] = c
                 correct[rows, k] = hit
                 if grads:
