@@ -28,7 +28,14 @@ from torch import nn
 from bagpiper_lib import backbones, codecs, encoders, sequence, tokenizers
 from bagpiper_lib.encoders import adaptors
 from bagpiper_lib.model.generation import GenerationMixin
-from bagpiper_lib.model.loss import LossOutput, StreamHead, StreamTargets, multistream_loss
+from bagpiper_lib.model.loss import (
+    LossOutput,
+    StreamHead,
+    StreamTargets,
+    _nonzero,
+    multistream_loss,
+    plan_loss,
+)
 from bagpiper_lib.model.pipelines import PipelineMixin
 from bagpiper_lib.registry import normalize_spec
 from bagpiper_lib.sequence.messages import SequenceBuilder
@@ -233,15 +240,15 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
             )
 
     # ------------------------------------------------------------------ embedding
-    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens [B, T, K]`` -> ``[B, T, H]``: sum of stream embeddings, stream k>0 pads as zero."""
+    def embed_tokens(self, tokens: torch.Tensor, *, check_ids: bool = True) -> torch.Tensor:
+        """``tokens [B, T, K]`` -> ``[B, T, H]``: sum of stream embeddings, stream k>0 pads as zero.
+
+        ``check_ids=False`` skips the id range check (one host sync) for a caller that made it already."""
         batch, length, k = tokens.shape
         if k != self.vocab.num_codebooks:
             raise ValueError(f"tokens have {k} streams, the model has K={self.vocab.num_codebooks}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab.size):
-            raise ValueError(
-                f"token ids must lie in [0, {self.vocab.size}), got [{int(tokens.min())}, {int(tokens.max())}]"
-            )
+        if check_ids and tokens.numel():
+            self._raise_for_ids(tokens, *torch.stack(self._id_flags(tokens)).tolist())
         flat = tokens.reshape(-1, k)
         weights = (flat != self._stream_pads[None]).to(self.embed.weight.dtype)
         weights[:, 0] = 1.0
@@ -287,11 +294,23 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
                 out[i] = proj[j, :want]
         return out  # type: ignore[return-value]
 
+    def _id_flags(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Device flags: some id below 0, some id at or above the vocabulary size."""
+        low, high = torch.aminmax(tokens)
+        return [low < 0, high >= self.vocab.size]
+
+    def _raise_for_ids(self, tokens: torch.Tensor, too_low: bool, too_high: bool) -> None:
+        if too_low or too_high:
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab.size}), got [{int(tokens.min())}, {int(tokens.max())}]"
+            )
+
     def input_embeddings(
-        self, tokens: torch.Tensor, audio_in: list[tuple[int, AudioSpan]] = ()
+        self, tokens: torch.Tensor, audio_in: list[tuple[int, AudioSpan]] = (), *, check_ids: bool = True
     ) -> torch.Tensor:
-        """Token embeddings with audio-input placeholders replaced by encoder features."""
-        embeds = self.embed_tokens(tokens)
+        """Token embeddings with audio-input placeholders replaced by encoder features (``check_ids``:
+        see :meth:`embed_tokens`)."""
+        embeds = self.embed_tokens(tokens, check_ids=check_ids)
         if audio_in:
             embeds = embeds.clone()
             for (row, span), feats in zip(audio_in, self.encode_audio(list(audio_in))):
@@ -340,25 +359,40 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
                 f"batch shapes disagree: tokens {tuple(tokens.shape)}, loss_mask {tuple(loss_mask.shape)}, "
                 f"position_ids {tuple(position_ids.shape)}"
             )
-        embeds = self.input_embeddings(tokens, get("audio_in") or [])
-        kwargs = {}
+        # Everything the host must know about the batch is read before the backbone runs, in two syncs
+        # (this one and the loss plan's), so that the GPU has the whole forward queued when the host
+        # next waits: ids in range, whether padding needs a mask, how many positions have a target.
+        if tokens.dim() != 3 or tokens.shape[-1] != self.vocab.num_codebooks:
+            raise ValueError(
+                f"tokens must be [B, T, K={self.vocab.num_codebooks}] (one column per stream), got {tuple(tokens.shape)}"
+            )
         attention_mask = get("attention_mask")
-        if (
-            attention_mask is not None
-            and not bool(attention_mask.all())
-            and not _restarts_cover_padding(position_ids, attention_mask)
-        ):
-            kwargs["attention_mask"] = attention_mask
-        hidden = self.backbone(embeds, position_ids, **kwargs)
         mask = loss_mask[:, 1:].bool()
-        select = mask.any(-1)
-        targets = StreamTargets(hidden[:, :-1][select], tokens[:, 1:][select], mask[select])
+        select = mask.reshape(-1, mask.shape[-1]).any(-1)  # [B * (T - 1)] positions with a target
+        flags = [select.sum()]
+        if tokens.numel():
+            flags += self._id_flags(tokens)
+        if attention_mask is not None:
+            flags.append(_padding_needs_mask(position_ids, attention_mask))
+        values = torch.stack([f.long() for f in flags]).tolist()
+        if tokens.numel():
+            self._raise_for_ids(tokens, *values[1:3])
+        index = _nonzero(select, values[0])
+        heads = [self.stream_head(k) for k in range(self.vocab.num_codebooks)]
+        target_tokens = tokens[:, 1:].reshape(-1, tokens.shape[-1]).index_select(0, index)
+        target_mask = mask.reshape(-1, mask.shape[-1]).index_select(0, index)
+        plan = plan_loss(target_tokens, target_mask, heads, self.loss_chunk_size)
+        embeds = self.input_embeddings(tokens, get("audio_in") or [], check_ids=False)
+        kwargs = {"attention_mask": attention_mask} if attention_mask is not None and values[-1] else {}
+        hidden = self.backbone(embeds, position_ids, **kwargs)
+        rows, cols = index // mask.shape[1], index % mask.shape[1]
         return multistream_loss(
-            targets,
-            [self.stream_head(k) for k in range(self.vocab.num_codebooks)],
+            StreamTargets(hidden[rows, cols], target_tokens, target_mask),
+            heads,
             codec_offset=self.vocab.codec_offset,
             codec_weight=self.codec_loss_weight,
             chunk_size=self.loss_chunk_size,
+            plan=plan,
         )
 
     # ------------------------------------------------------------------ save / load
@@ -458,10 +492,11 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
         return report
 
 
-def _restarts_cover_padding(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
-    """True when every padding run starts a new position segment (packed rows need no padding mask)."""
+def _padding_needs_mask(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A device flag: some padding run does not start a new position segment, so the backbone needs the
+    padding mask (packed rows whose padding restarts its positions need none)."""
     pad = ~attention_mask.bool()
     starts = torch.ones_like(pad)
     starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
     first_pad = pad & torch.cat([torch.ones_like(pad[:, :1]), ~pad[:, :-1]], dim=1)
-    return bool((starts | ~first_pad).all())
+    return (first_pad & ~starts).any()

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LossOutput", "StreamHead", "StreamTargets", "multistream_loss"]
+__all__ = ["LossOutput", "LossPlan", "StreamHead", "StreamTargets", "multistream_loss", "plan_loss"]
 
 
 @dataclass
@@ -101,6 +101,76 @@ class LossOutput:
     num_targets: int
 
 
+@dataclass(frozen=True)
+class LossPlan:
+    """What the loss must know on the host about its targets, read in one host sync
+    (:func:`plan_loss`): the target ids were checked, and how many positions each stream and each
+    chunk of each projection group has (so every later selection has a known size and needs no sync).
+
+    ``chunk_counts`` maps a group key ``(id(weight), lo, hi)`` to the number of positions with a target
+    of the group's streams in each chunk of ``chunk_size`` positions; ``spreads`` the same key to the
+    spread of the group's stream biases (several streams only), with ``biases`` their ``[S, V]`` values.
+    """
+
+    positions: int
+    chunk_size: int
+    stream_counts: tuple[int, ...]
+    chunk_counts: dict
+    spreads: dict
+    biases: dict
+
+
+def _groups(heads: Sequence[StreamHead]) -> dict[tuple[int, int, int], list[int]]:
+    """Streams that share one projection (the same rows of the same weight), by ``(id, lo, hi)``."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for k, head in enumerate(heads):
+        groups.setdefault((id(head.weight), head.lo, head.hi), []).append(k)
+    return groups
+
+
+def plan_loss(
+    tokens: torch.Tensor, mask: torch.Tensor, heads: Sequence[StreamHead], chunk_size: int
+) -> LossPlan:
+    """The :class:`LossPlan` of targets ``tokens [P, K]`` / ``mask [P, K]``: one host sync for the target
+    id check, the counts and the bias spreads together. ``BagpiperModel`` calls it before its backbone
+    runs (the GPU then has the whole forward queued while the host waits on nothing); without it
+    :func:`multistream_loss` plans itself. Raises ``ValueError`` naming a target id outside its stream's
+    output ids."""
+    mask = mask.bool()
+    positions, num_streams = tokens.shape
+    if len(heads) != num_streams or mask.shape != tokens.shape:
+        raise ValueError(
+            f"plan_loss: tokens {tuple(tokens.shape)}, mask {tuple(mask.shape)}, {len(heads)} stream heads"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    device = tokens.device
+    lo = torch.tensor([h.offset for h in heads], device=device)
+    hi = torch.tensor([h.offset + h.hi - h.lo for h in heads], device=device)
+    outside = (mask & ((tokens < lo) | (tokens >= hi))).any()
+    chunks = -(-positions // chunk_size)
+    parts = [outside[None].double(), mask.sum(0).double()]
+    groups = _groups(heads)
+    biases = {}
+    for key, streams in groups.items():
+        any_target = F.pad(mask[:, streams].any(-1), (0, chunks * chunk_size - positions))
+        parts.append(any_target.view(chunks, chunk_size).sum(1).double())
+        if len(streams) > 1:
+            biases[key] = _biases(heads, streams)
+            parts.append((biases[key].amax(1) - biases[key].amin(1)).max()[None].double())
+    values = torch.cat(parts).tolist()  # the one host sync
+    if values[0]:
+        _check_targets(tokens, mask, heads)  # names the first bad id (more syncs, on the error path only)
+    counts, at, chunk_counts, spreads = values[1 : 1 + num_streams], 1 + num_streams, {}, {}
+    for key, streams in groups.items():
+        chunk_counts[key] = tuple(int(c) for c in values[at : at + chunks])
+        at += chunks
+        if len(streams) > 1:
+            spreads[key] = values[at]
+            at += 1
+    return LossPlan(positions, chunk_size, tuple(int(c) for c in counts), chunk_counts, spreads, biases)
+
+
 def multistream_loss(
     targets: StreamTargets,
     heads: Sequence[StreamHead],
@@ -108,6 +178,7 @@ def multistream_loss(
     codec_offset: int,
     codec_weight: float,
     chunk_size: int = 1024,
+    plan: LossPlan | None = None,
 ) -> LossOutput:
     """Fused, chunked loss (see the module docstring).
 
@@ -117,6 +188,8 @@ def multistream_loss(
         codec_offset: first codec id; ids at or above it are codec tokens.
         codec_weight: weight of a codec token.
         chunk_size: positions per chunk (peak memory is about ``chunk_size x V`` float32).
+        plan: :func:`plan_loss` of these targets, heads and chunk size, made earlier (by default it is
+            made here: the call's one host sync).
     """
     hidden, tokens, mask = targets.hidden, targets.tokens, targets.mask
     num_streams = len(heads)
@@ -128,14 +201,25 @@ def multistream_loss(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     mask = mask.bool()
+    if plan is None:
+        plan = plan_loss(tokens, mask, heads, chunk_size)
+    elif (plan.positions, plan.chunk_size, len(plan.stream_counts)) != (
+        tokens.shape[0],
+        chunk_size,
+        num_streams,
+    ):
+        raise ValueError(
+            f"plan is for {plan.positions} positions, chunk_size {plan.chunk_size} and {len(plan.stream_counts)} "
+            f"streams; the call has {tokens.shape[0]}, {chunk_size} and {num_streams}"
+        )
     codec = (tokens >= codec_offset) & mask
     weights = torch.where(codec, codec_weight, 1.0) * mask  # [P, K] float32, 0 where not a target
     params = _unique([t for head in heads for t in (head.weight, head.shift) if t is not None])
     if torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in params)):
-        weighted, ce, correct = _FusedLoss.apply(hidden, tokens, mask, weights, heads, chunk_size, *params)
+        weighted, ce, correct = _FusedLoss.apply(hidden, tokens, mask, weights, heads, plan, *params)
     else:
         with torch.no_grad():
-            weighted, ce, correct, _ = _forward(hidden, tokens, mask, weights, heads, chunk_size, None)
+            weighted, ce, correct, _ = _forward(hidden, tokens, mask, weights, heads, plan, None)
     text = mask & ~codec
     text[:, 1:] = False  # text and special targets only exist in stream 0
     with torch.no_grad():
@@ -144,7 +228,7 @@ def multistream_loss(
             [torch.stack([(ce * sel).sum(), (correct * sel).sum(), sel.sum()])[None] for sel in (text, codec)]
             + [torch.stack([(ce * codec).sum(0), (correct * codec).sum(0), codec.sum(0)], dim=1)]
         ).double()
-    num_targets = int(mask[:, 0].sum())
+    num_targets = plan.stream_counts[0]
     mean = (stats[:, 0] / stats[:, 2]).float()  # NaN where a group has no token: nothing to report
     accuracy = (stats[:, 1] / stats[:, 2]).float()
     return LossOutput(
@@ -205,11 +289,11 @@ class _FusedLoss(torch.autograd.Function):
     """Weighted CE sum whose gradients are computed in forward (see :func:`_forward`)."""
 
     @staticmethod
-    def forward(ctx, hidden, tokens, mask, weights, heads, chunk_size, *params):
+    def forward(ctx, hidden, tokens, mask, weights, heads, plan, *params):
         needs = ctx.needs_input_grad
         wanted = {id(p): needs[6 + i] for i, p in enumerate(params)}
         wanted[id(hidden)] = needs[0]
-        weighted, ce, correct, grads = _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted)
+        weighted, ce, correct, grads = _forward(hidden, tokens, mask, weights, heads, plan, wanted)
         ctx.mark_non_differentiable(ce, correct)
         ctx.save_for_backward(grads.get(id(hidden)), *[grads.get(id(p)) for p in params])
         return weighted, ce, correct
@@ -221,7 +305,7 @@ class _FusedLoss(torch.autograd.Function):
         return (scaled[0], None, None, None, None, None, *scaled[1:])
 
 
-def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
+def _forward(hidden, tokens, mask, weights, heads, plan, wanted):
     """Weighted CE sum, per-token CE and correctness ``[P, K]``; with ``wanted`` (``id -> needs grad``)
     also the gradients of the weighted sum w.r.t. ``hidden`` and the head parameters, keyed by ``id``.
 
@@ -231,7 +315,7 @@ def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
     terms their logit gradients are summed first, so ``d h`` and ``d W`` take one matmul each for the
     whole group instead of one per stream.
     """
-    positions, _ = tokens.shape
+    positions, chunk_size = tokens.shape[0], plan.chunk_size
     ce = torch.zeros(tokens.shape, dtype=torch.float32, device=hidden.device)
     correct = torch.zeros_like(ce)
     grads: dict[int, torch.Tensor] = {}
@@ -242,10 +326,7 @@ def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
                     grads[id(t)] = torch.zeros_like(t)
         if wanted.get(id(hidden)):
             grads[id(hidden)] = torch.zeros_like(hidden)
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for k, head in enumerate(heads):
-        groups.setdefault((id(head.weight), head.lo, head.hi), []).append(k)
-    _check_targets(tokens, mask, heads)
+    groups = _groups(heads)
     rowwise = [
         streams[0]
         for streams in groups.values()
@@ -253,17 +334,19 @@ def _forward(hidden, tokens, mask, weights, heads, chunk_size, wanted):
     ]
     for k in rowwise:
         _RowKernelHead.of(heads[k], hidden, grads).run(
-            hidden, tokens, mask, weights, k, chunk_size, ce, correct, grads
+            hidden, tokens, mask, weights, k, plan, ce, correct, grads
         )
     scratch = _Scratch(hidden.device)
     rest = [
-        (streams, _stream_biases(heads, streams)) for streams in groups.values() if streams[0] not in rowwise
+        (streams, _stream_biases(heads, streams, plan, key), plan.chunk_counts[key])
+        for key, streams in groups.items()
+        if streams[0] not in rowwise
     ]
-    for start in range(0, positions, chunk_size):
+    for chunk, start in enumerate(range(0, positions, chunk_size)):
         stop = min(start + chunk_size, positions)
-        for streams, prepared in rest:
-            _group(hidden, tokens, mask, weights, heads, streams, prepared, start, stop, ce, correct, grads,
-                   scratch)  # fmt: skip
+        for streams, prepared, counts in rest:
+            _group(hidden, tokens, mask, weights, heads, streams, prepared, start, stop, counts[chunk], ce,
+                   correct, grads, scratch)  # fmt: skip
     weighted = (ce * weights).sum()
     return weighted, ce, correct, grads
 
@@ -385,12 +468,12 @@ class _RowKernelHead:
         grad_w = torch.zeros_like(weight) if id(head.weight) in grads else None
         return cls(head, weight, grad_w)
 
-    def run(self, hidden, tokens, mask, weights, k, chunk_size, ce, correct, grads):
-        """Stream ``k``'s positions with a target, ``chunk_size`` of them at a time (every chunk full but
-        the last, whatever the positions' layout), then the weight gradient into the parameter's."""
-        selected = mask[:, k].nonzero().squeeze(1)  # the call's one host sync of this stream
+    def run(self, hidden, tokens, mask, weights, k, plan, ce, correct, grads):
+        """Stream ``k``'s positions with a target, ``plan.chunk_size`` of them at a time (every chunk full
+        but the last, whatever the positions' layout), then the weight gradient into the parameter's."""
+        selected = _nonzero(mask[:, k], plan.stream_counts[k])
         ids = tokens[:, k] - self.head.offset
-        for rows in selected.split(chunk_size):
+        for rows in selected.split(plan.chunk_size):
             x = self.head.inputs(hidden.detach()[rows]).to(self.weight.dtype)
             with torch.autocast(x.device.type, enabled=False):
                 logits = x @ self.weight.t()  # [R, padded]
@@ -415,8 +498,20 @@ class _RowKernelHead:
             grads[id(shift)][self.head.shift_row] += grad_x.sum(0).to(shift.dtype)
 
 
+def _nonzero(flags: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of the ``count`` true entries of ``flags [N]`` (counted beforehand, in the plan's one
+    host sync), without a sync of its own: ``nonzero_static`` where torch has it for the device."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long, device=flags.device)
+    try:
+        return torch.nonzero_static(flags, size=count).squeeze(1)
+    except (AttributeError, NotImplementedError):  # an older torch, or a device without the kernel
+        return flags.nonzero().squeeze(1)
+
+
 def _check_targets(tokens, mask, heads):
-    """Every target id lies in its stream's output ids; checked once per call (one host sync)."""
+    """Every target id lies in its stream's output ids (host syncs: :func:`plan_loss` calls it only
+    where its one sync found a bad id, for the message)."""
     lo = torch.tensor([h.offset for h in heads], device=tokens.device)
     hi = torch.tensor([h.offset + h.hi - h.lo for h in heads], device=tokens.device)
     outside = mask & ((tokens < lo) | (tokens >= hi))
@@ -440,13 +535,17 @@ def _targets(tokens, mask, heads, k, start, rows):
 _MAX_BIAS_SPREAD = 40.0
 
 
-def _stream_biases(heads, streams):
+def _stream_biases(heads, streams, plan, key):
     """``(biases [S, V] float32, factored)`` of a group of several streams sharing one projection: each
-    stream's bias ``e_k W^T`` (0 without a shift), and whether their spread allows the one-exponential
-    path (:data:`_MAX_BIAS_SPREAD`); ``(None, False)`` for a single stream. Computed once per call, not
-    per chunk (the spread check is a host sync)."""
+    stream's bias ``e_k W^T`` (0 without a shift, from the plan), and whether their spread allows the
+    one-exponential path (:data:`_MAX_BIAS_SPREAD`); ``(None, False)`` for a single stream."""
     if len(streams) == 1:
         return None, False
+    return plan.biases[key], plan.spreads[key] <= _MAX_BIAS_SPREAD
+
+
+def _biases(heads, streams):
+    """``[S, V]`` float32: each stream's bias ``e_k W^T`` over the group's rows (0 without a shift)."""
     first = heads[streams[0]]
     weight = first.weight.detach()[first.lo : first.hi]
     biases = torch.stack(
@@ -457,20 +556,22 @@ def _stream_biases(heads, streams):
             for k in streams
         ]
     )
-    return biases, float((biases.amax(1) - biases.amin(1)).max()) <= _MAX_BIAS_SPREAD
+    return biases
 
 
-def _group(hidden, tokens, mask, weights, heads, streams, prepared, start, stop, ce, correct, grads, scratch):
-    """One chunk ``[start, stop)`` of the streams sharing one projection (see :func:`_forward`).
+def _group(hidden, tokens, mask, weights, heads, streams, prepared, start, stop, count, ce, correct, grads,
+           scratch):  # fmt: skip
+    """One chunk ``[start, stop)`` of the streams sharing one projection (see :func:`_forward`), whose
+    ``count`` positions with a target (from the plan) are found without a host sync.
 
     ``prepared`` is the group's :func:`_stream_biases`. Buffers (``scratch``): ``base`` holds
     ``x W^T``. Several streams take the factored path (:func:`_shared_streams`) when their biases allow
     it; otherwise each stream's logits go to ``a`` or ``b`` in turn and the first of them (``a``)
     accumulates the group's logit gradient.
     """
-    rows = mask[start:stop, streams].any(-1).nonzero().squeeze(1)
-    if rows.numel() == 0:
+    if count == 0:
         return
+    rows = _nonzero(mask[start:stop, streams].any(-1), count)
     first = heads[streams[0]]
     weight = first.weight.detach()[first.lo : first.hi]  # [V, H]
     h = hidden.detach()[start:stop][rows]  # [R, H]

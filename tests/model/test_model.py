@@ -306,3 +306,52 @@ def test_transformer_adaptor_builds_trains_and_round_trips(tmp_path):
         assert torch.equal(a, b), name
     model.eval(), loaded.eval()
     assert torch.equal(model(batch).loss, loaded(batch).loss)
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Records each tensor call that makes the host wait for the device (a CUDA sync), with the
+    project file and line that made it."""
+
+    READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.sites: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        masked = name == "__getitem__" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+        )
+        if name in self.READS or masked:
+            import traceback
+
+            frames = [f for f in traceback.extract_stack() if "bagpiper_lib" in f.filename]
+            self.sites.append(f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].name}" if frames else "?")
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_step_reads_the_host_twice_in_model_and_loss_both_before_the_backbone(model, monkeypatch):
+    """The model and the loss ask the device for values twice per step (the batch checks with the
+    target count, then the loss plan), both before the backbone runs: on a GPU the whole forward and
+    the loss are queued without a wait. (The backbone's own reads: its position check and the packed
+    attention's offsets; an audio input's encoder adds its own.)"""
+    batch = pack(samples(model)[:3], budget=256, pad_ids=model._stream_pads)  # text and audio out
+    reads = _HostReads()
+    at_backbone = []
+    forward = type(model.backbone).forward
+
+    def spy(self, *args, **kwargs):
+        at_backbone.append(len(reads.sites))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.backbone), "forward", spy)
+    with reads:
+        out = model(batch)
+        out.loss.backward()
+    own = [s for s in reads.sites if s.startswith(("bagpiper.py", "loss.py"))]
+    assert own == ["bagpiper.py:forward", "loss.py:plan_loss"], reads.sites
+    assert len(reads.sites) < 8, reads.sites
+    assert reads.sites[: at_backbone[0]] == own  # nothing of the model's or the loss's after the backbone
+    model.zero_grad(set_to_none=True)
