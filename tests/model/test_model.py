@@ -328,7 +328,9 @@ class _HostReads(torch.overrides.TorchFunctionMode):
             import traceback
 
             frames = [f for f in traceback.extract_stack() if "bagpiper_lib" in f.filename]
-            self.sites.append(f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].name}" if frames else "?")
+            self.sites.append(
+                f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].name}" if frames else "?"
+            )
         return func(*args, **(kwargs or {}))
 
 
