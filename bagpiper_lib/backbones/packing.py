@@ -24,7 +24,7 @@ Every attention backend receives the same pattern in its own form:
   mask or sliding-window layers it falls back to a boolean mask ``[B, 1, T, T]`` (True = attend),
   :func:`block_causal_mask`;
 * ``eager``: the same as an additive float mask (0 / dtype min), :func:`additive_mask`;
-* ``flex_attention``: a ``BlockMask`` built from :func:`block_causal_mask_mod`;
+* ``flex_attention``: a ``BlockMask`` for :func:`block_causal_mask_mod`, :func:`flex_block_mask`;
 * ``flash_attention_*``: no mask; the batch is flattened to one row and the sample boundaries go in
   as cumulative sequence lengths for the varlen kernel, :func:`varlen_kwargs`.
 """
@@ -123,18 +123,98 @@ def block_causal_mask_mod(
     return mask_mod
 
 
+FLEX_BLOCK_SIZE = 128
+"""flex attention's (query and key) block size, torch's default, used by :func:`flex_block_mask`."""
+
+
 def flex_block_mask(
     segments: torch.Tensor,
     *,
     sliding_window: int | None = None,
     padding_mask: torch.Tensor | None = None,
 ):
-    """A flex-attention ``BlockMask`` for :func:`block_causal_mask_mod` over ``[B, T]`` segments."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    """A flex-attention ``BlockMask`` for :func:`block_causal_mask_mod` over ``[B, T]`` segments.
 
+    Without a sliding window or a padding mask (packed training rows) the block layout is read off the
+    segment ids directly, :func:`_packed_block_mask`: a few ``O(B * T)`` / ``O(B * blocks^2)`` tensor
+    ops and no host sync, instead of ``create_block_mask`` evaluating the mask on the whole
+    ``[B, 1, T, T]`` grid. The result is the same ``BlockMask`` (same block counts, same index
+    tensors, same ``mask_mod``). That path needs the segment ids non-decreasing along each row, as
+    :func:`segment_ids` gives them.
+    """
     batch, length = segments.shape
     mod = block_causal_mask_mod(segments, sliding_window=sliding_window, padding_mask=padding_mask)
+    if sliding_window is None and padding_mask is None:
+        try:
+            return _packed_block_mask(segments, mod)
+        except TypeError:  # a torch whose BlockMask takes other arguments (2.5 has no seq_lengths)
+            pass
+    from torch.nn.attention.flex_attention import create_block_mask
+
     return create_block_mask(mod, B=batch, H=None, Q_LEN=length, KV_LEN=length, device=segments.device)
+
+
+def _packed_block_mask(segments: torch.Tensor, mask_mod: Callable, block: int = FLEX_BLOCK_SIZE):
+    """``create_block_mask(mask_mod, B, None, T, T)`` for block-diagonal causal ``mask_mod`` over
+    non-decreasing ``[B, T]`` segment ids, built from the segments' block layout.
+
+    Query block ``i`` holds segments ``[first[i], last[i]]`` and key block ``j`` ``[first[j], last[j]]``
+    (ids never decrease along a row). The pair ``(i, j)`` is
+
+    * empty when ``j > i`` or ``last[j] < first[i]`` (no key at or before a query shares its segment;
+      the diagonal ``j == i`` always has ``q == k``);
+    * full when ``j < i``, block ``i`` has all ``block`` tokens and ``first[j] == last[i]`` (one
+      segment from the first key to the last query, every key before every query). A diagonal block
+      is causal, so never full, and neither is a block cut short by the end of the row:
+      ``create_block_mask`` pads the grid with masked entries up to whole blocks;
+    * partial otherwise.
+
+    The index tensors list each row's blocks in increasing ``j`` followed by the other block indices,
+    exactly as ``create_block_mask`` orders them (a stable descending argsort of the 0/1 layout); the
+    query-major ones (``q_num_blocks``, ``q_indices``, ...) likewise from the transposed layout.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    length = segments.shape[-1]
+    nblocks = -(-length // block)
+    device = segments.device
+    starts = torch.arange(nblocks, device=device) * block
+    ends = (starts + block).clamp(max=length)
+    first = segments.index_select(-1, starts)  # [B, n]
+    last = segments.index_select(-1, ends - 1)
+    idx = torch.arange(nblocks, device=device)
+    causal = idx[None, :] <= idx[:, None]  # [n(q), n(kv)]
+    below = idx[None, :] < idx[:, None]
+    whole_q = (ends - starts == block)[:, None]  # query block i not cut short by the row's end
+    nonempty = causal & (last[:, None, :] >= first[:, :, None])  # [B, n(q), n(kv)]
+    full = (below & whole_q) & (first[:, None, :] == last[:, :, None])
+    partial = nonempty & ~full
+
+    def ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dense = dense[:, None].to(torch.int32)  # [B, 1, n, n]: one head, like create_block_mask
+        indices = torch.argsort(dense, dim=-1, descending=True, stable=True)
+        # contiguous, as the kernels expect (a transposed layout would otherwise pass its strides on)
+        return dense.sum(-1, dtype=torch.int32).contiguous(), indices.to(torch.int32).contiguous()
+
+    # the query-major tables too, from the same layouts: BlockMask.from_kv_blocks would rebuild them
+    # from the key-major ones through a scatter (on the CPU most of this function's time)
+    kv_num_blocks, kv_indices = ordered(partial)
+    full_kv_num_blocks, full_kv_indices = ordered(full)
+    q_num_blocks, q_indices = ordered(partial.mT)
+    full_q_num_blocks, full_q_indices = ordered(full.mT)
+    return BlockMask(
+        seq_lengths=(length, length),
+        kv_num_blocks=kv_num_blocks,
+        kv_indices=kv_indices,
+        full_kv_num_blocks=full_kv_num_blocks,
+        full_kv_indices=full_kv_indices,
+        q_num_blocks=q_num_blocks,
+        q_indices=q_indices,
+        full_q_num_blocks=full_q_num_blocks,
+        full_q_indices=full_q_indices,
+        BLOCK_SIZE=(block, block),
+        mask_mod=mask_mod,
+    )
 
 
 def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:

@@ -59,6 +59,155 @@ def test_flex_mask_mod_matches_dense_mask():
         assert torch.equal(dense, expected)
 
 
+def packed_rows(length: int, *rows: str | int, seed: int = 0) -> torch.Tensor:
+    """position_ids ``[len(rows), length]``: each row is ``"random"`` (samples of 1 to 400 tokens),
+    ``"one"`` (a single sample) or ``"tokens"`` (every token a sample of its own)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for row in rows:
+        if row == "one":
+            out.append(torch.arange(length))
+        elif row == "tokens":
+            out.append(torch.zeros(length, dtype=torch.long))
+        else:
+            pieces, total = [], 0
+            while total < length:
+                n = int(torch.randint(1, 401, (), generator=gen))
+                pieces.append(torch.arange(n))
+                total += n
+            out.append(torch.cat(pieces)[:length])
+    return torch.stack(out)
+
+
+FLEX_LAYOUTS = [
+    (128, ("random",)),
+    (128, ("one", "tokens")),
+    (300, ("random", "random")),
+    (300, ("one", "random", "tokens")),
+    (512, ("random",)),
+    (512, ("random", "one", "tokens")),
+    (1000, ("random", "random", "random")),
+    (1000, ("one", "tokens")),
+]
+
+
+def block_sets(num_blocks: torch.Tensor, indices: torch.Tensor) -> list[set[int]]:
+    """The block indices listed per (batch, head, query block): the first ``num_blocks`` entries."""
+    flat_num, flat_idx = num_blocks.reshape(-1).tolist(), indices.reshape(-1, indices.shape[-1]).tolist()
+    return [set(row[:n]) for n, row in zip(flat_num, flat_idx)]
+
+
+@pytest.mark.parametrize("length,rows", FLEX_LAYOUTS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flex_block_mask_from_segments_equals_create_block_mask(length, rows, seed):
+    """Packed rows without a window or padding: the BlockMask read off the segment layout is the one
+    ``create_block_mask`` gets by evaluating the mask on the whole grid (same counts, same blocks,
+    same dense layout; here even the same padded index tensors), and its blocks cover the mask."""
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+    segments = packing.segment_ids(packed_rows(length, *rows, seed=seed))
+    batch = len(rows)
+    ours = packing.flex_block_mask(segments)
+    mod = packing.block_causal_mask_mod(segments)
+    reference = create_block_mask(mod, B=batch, H=None, Q_LEN=length, KV_LEN=length, device="cpu")
+    assert ours.seq_lengths == reference.seq_lengths == (length, length)
+    assert tuple(ours.BLOCK_SIZE) == tuple(reference.BLOCK_SIZE) == (128, 128)
+    assert ours.mask_mod.__code__ is mod.__code__  # block_causal_mask_mod's, over the same segments
+    for count, index in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+        assert torch.equal(getattr(ours, count), getattr(reference, count)), count
+        assert getattr(ours, index).shape == getattr(reference, index).shape, index
+        assert block_sets(getattr(ours, count), getattr(ours, index)) == block_sets(
+            getattr(reference, count), getattr(reference, index)
+        ), index
+    # the query-major tables as well, and every table contiguous int32 like create_block_mask's
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks",
+                 "q_indices", "full_q_num_blocks", "full_q_indices"):  # fmt: skip
+        got = getattr(ours, name)
+        assert torch.equal(got, getattr(reference, name)), name
+        assert got.dtype == torch.int32 and got.is_contiguous(), name
+    assert torch.equal(ours.to_dense(), reference.to_dense())
+    # semantics, independently of create_block_mask: every allowed pair lies in a listed block, and
+    # every pair of a full block is allowed
+    dense = packing.block_causal_mask(segments)
+
+    def tokens(blocks: torch.Tensor) -> torch.Tensor:
+        return blocks.repeat_interleave(128, -2).repeat_interleave(128, -1)[..., :length, :length].bool()
+
+    assert not (dense & ~tokens(ours.to_dense())).any()
+    full = BlockMask.from_kv_blocks(ours.full_kv_num_blocks, ours.full_kv_indices, seq_lengths=(length,) * 2)
+    assert not (tokens(full.to_dense()) & ~dense).any()
+    if "one" in rows and length >= 256:
+        assert int(ours.full_kv_num_blocks.sum()) > 0  # the layouts do exercise full blocks
+
+
+class NoHostSync(torch.overrides.TorchFunctionMode):
+    """Raises on every tensor op that makes the host wait for the device: reading a value
+    (``item``, ``tolist``, ``bool()``, ``int()``, ``float()``, ``__index__``), ``nonzero`` and
+    indexing with a boolean mask (its output size depends on the data)."""
+
+    SYNCS = {
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.__bool__,
+        torch.Tensor.__int__,
+        torch.Tensor.__float__,
+        torch.Tensor.__index__,
+        torch.Tensor.nonzero,
+        torch.nonzero,
+    }
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNCS:
+            raise AssertionError(f"host sync: {func.__name__}")
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index):
+                raise AssertionError(f"host sync: {func.__name__} with a boolean mask")
+        return func(*args, **(kwargs or {}))
+
+
+def test_flex_block_mask_from_segments_makes_no_host_sync():
+    x = torch.arange(4)
+    for sync in (
+        x[1].item,
+        x.tolist,
+        lambda: bool(x[1]),
+        lambda: int(x[1]),
+        lambda: float(x[1]),
+        lambda: range(x[1]),
+        x.nonzero,
+        lambda: torch.nonzero(x),
+        lambda: x[x > 1],
+        lambda: x.clone().__setitem__(x > 1, 0),
+    ):
+        with pytest.raises(AssertionError, match="host sync"), NoHostSync():
+            sync()
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    segments = packing.segment_ids(packed_rows(1000, "random", "one", "tokens"))
+    with NoHostSync():
+        mask = packing.flex_block_mask(segments)
+    reference = create_block_mask(packing.block_causal_mask_mod(segments), 3, None, 1000, 1000, "cpu")
+    assert torch.equal(mask.to_dense(), reference.to_dense())
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_with_the_segment_block_mask_equals_dense_sdpa():
+    """Eager flex attention (CPU, float32, forward) with the segment-built BlockMask gives the dense
+    block-causal SDPA output. (Eager flex attention evaluates the ``mask_mod`` on every pair; the block
+    structure itself is checked against ``create_block_mask`` above.)"""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    segments = packing.segment_ids(packed_rows(300, "random", "one", "tokens", seed=3))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 300, 16, generator=gen) for _ in range(3))
+    out = flex_attention(q, k, v, block_mask=packing.flex_block_mask(segments))
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=packing.block_causal_mask(segments)
+    )
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)
+
+
 def test_varlen_offsets_cover_rows_and_samples():
     pos = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 2, 3, 4]])
     kwargs = packing.varlen_kwargs(pos)
