@@ -6,13 +6,17 @@ tokenizer (151,669 text ids, 160k-id multimodal vocabulary), the tiny X-Codec vo
 (8 x 1024) and no audio encoder.
 
 * ``gpu.mfu``: achieved model FLOPs/s of a training step (forward, chunked loss, backward, AdamW) on
-  packed rows of demo-like samples, vs the device's peak dense bf16 FLOPs/s (ratio = MFU). Model FLOPs
+  8 packed rows of 4096 positions of demo-like samples (32,768 tokens: the 80 GB card's batch with
+  compiled layers; ``BAGPIPER_BENCH_GPU_ROWS`` sets it), vs the device's peak dense bf16 FLOPs/s
+  (ratio = MFU), with compiled decoder layers and the faster of the fused varlen kernel and
+  ``flex_attention`` (``details.step_s_by_attention``); ``details.smaller_batch`` has the 4-row step
+  that the comparisons below use (eager layers do not fit 8 rows in 80 GB). Model FLOPs
   count ``6 x params x tokens`` for the body, ``6 x H x (V + (K - 1) x codec ids)`` per target position
   for the head as the loss computes it, and causal attention ``6 x layers x heads x head_dim x sum(len^2)``
   over packed samples; the loss's recomputation is not counted (it is hardware, not model, work).
 * ``gpu.compiled_layers``: seconds of the same training step with every decoder layer through
   ``torch.compile`` (``Backbone.compile_layers``, inductor) vs eager layers; ``details.compile_s`` is the
-  first (compiling) step. ``gpu.mfu`` reports the faster of the two and records both.
+  first (compiling) step (4 rows).
 * ``gpu.loss_gemms``: seconds of the loss's three matmuls of one chunk (logits, hidden gradient,
   weight gradient) with the sizes padded to multiples of 64 vs the odd sizes the loss has (160,125 ids,
   1,021 rows); ``details.seconds`` has each product with only the vocabulary or only the rows padded
@@ -64,13 +68,30 @@ SIZES: dict[str, dict[str, Any]] = {
         "backbone": QWEN3_0_6B,
         "budget": 4096,
         "rows": 4,
+        "mfu_rows": 8,
         "frames": 256,
         "gen_rows": 4,
         "repeats": 5,
         "gen_repeats": 3,
     },
-    "quick": {"backbone": QWEN3_0_6B, "budget": 2048, "rows": 2, "frames": 64, "gen_rows": 2, "repeats": 3},
-    "smoke": {"backbone": None, "budget": 512, "rows": 1, "frames": 4, "gen_rows": 1, "repeats": 1},
+    "quick": {
+        "backbone": QWEN3_0_6B,
+        "budget": 2048,
+        "rows": 2,
+        "mfu_rows": 2,
+        "frames": 64,
+        "gen_rows": 2,
+        "repeats": 3,
+    },
+    "smoke": {
+        "backbone": None,
+        "budget": 512,
+        "rows": 1,
+        "mfu_rows": 1,
+        "frames": 4,
+        "gen_rows": 1,
+        "repeats": 1,
+    },
 }
 
 # Dense bf16 tensor-core peak FLOPs/s by device name fragment (first match wins; vendor datasheets).
@@ -240,6 +261,51 @@ def flex_attention_entry(model, train_step, step_s: float, repeats: int, device_
     )
 
 
+def mfu_step(cfg: dict[str, Any], device: str, repeats: int, compile_layers: bool):
+    """``(model, batch, seconds, details)``: the fastest training step at ``cfg["mfu_rows"]`` rows among
+    compiled decoder layers with the fused varlen kernel and with ``flex_attention`` (eager layers where
+    compilation failed on the smaller batch; flex only on CUDA: its backward has no CPU kernel). The
+    model is left in the fastest set-up; ``details`` has every variant's seconds, peak memory or error."""
+    model, batch, optimizer, train_step = training_setup(cfg, device, cfg["mfu_rows"])
+    backbone = model.backbone
+    attentions = ("sdpa", "flex_attention") if device == "cuda" else ("sdpa",)
+    seconds: dict[str, float] = {}
+    memory: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    for attn in attentions:
+        try:
+            backbone.set_attn_implementation(attn)
+            if compile_layers:
+                backbone.compile_layers(**({} if device == "cuda" else {"backend": "aot_eager"}))
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds[attn], _ = median_time(train_step, repeats, warmup=2)
+            if device == "cuda":
+                memory[attn] = torch.cuda.max_memory_allocated()
+        except Exception as error:  # noqa: BLE001 - out of memory or a failed compile: the other may run
+            errors[attn] = f"{type(error).__name__}: {error}"[:300]
+        finally:
+            backbone.compile_layers(False)
+            optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    if not seconds:
+        raise RuntimeError(f"no training step ran at {cfg['mfu_rows']} rows: {errors}")
+    best = min(seconds, key=seconds.get)
+    backbone.set_attn_implementation(best)
+    if compile_layers:
+        backbone.compile_layers(**({} if device == "cuda" else {"backend": "aot_eager"}))
+    details = {
+        "attn_implementation": best,
+        "compiled_layers": compile_layers,
+        "step_s_by_attention": seconds,
+        "max_memory_allocated_by_attention": memory or None,
+        "errors": errors or None,
+    }
+    return model, batch, seconds[best], details
+
+
 def run(size: str = "full") -> list[dict[str, Any]]:
     forced = os.environ.get("BAGPIPER_BENCH_GPU_DEVICE")
     if not torch.cuda.is_available() and not forced:
@@ -253,11 +319,11 @@ def run(size: str = "full") -> list[dict[str, Any]]:
             skipped("gpu.generate", reason, unit="audio tokens/s"),
         ]
     cfg = dict(SIZES[size])
-    if os.environ.get("BAGPIPER_BENCH_GPU_ROWS"):  # packed rows per training step (full: 8 x 4096 positions)
-        cfg["rows"] = int(os.environ["BAGPIPER_BENCH_GPU_ROWS"])
     device = forced or "cuda"
     if device == "cpu":
         cfg = {**cfg, **{k: v for k, v in SIZES["smoke"].items() if k != "repeats"}}
+    if os.environ.get("BAGPIPER_BENCH_GPU_ROWS"):  # packed rows of gpu.mfu's step (full: 8 x 4096 positions)
+        cfg["mfu_rows"] = int(os.environ["BAGPIPER_BENCH_GPU_ROWS"])
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (code-path check)"
     repeats = cfg["repeats"]
 
@@ -365,24 +431,35 @@ def run(size: str = "full") -> list[dict[str, Any]]:
     # ------------------------------------------------------------------ MFU of the fastest step
     flops = model_flops(model, batch)
     peak = peak_flops(name) if device == "cuda" else None
-    details = {
-        "device": name,
-        "dtype": "bfloat16",
-        "params": sum(p.numel() for p in model.parameters()),
-        "tokens": int(batch.attention_mask.sum()),
+    small = {  # this batch's figures (the comparisons above), for the record
         "rows": batch.num_rows,
-        "row_length": batch.row_length,
         "step_s": step_s,
+        "mfu": flops / step_s / peak if peak else None,
         "eager_step_s": eager_s,
         "eager_mfu": flops / eager_s / peak if peak else None,
         "compiled_layers": step_s != eager_s,
         "compile_error": compile_error,
-        "model_flops_per_step": flops,
-        "attn_implementation": model.backbone.attn_implementation,
-        "loss_chunk_size": model.loss_chunk_size,
         "max_memory_allocated": torch.cuda.max_memory_allocated() if device == "cuda" else None,
         "eager_max_memory_allocated": eager_memory,
     }
+    model = batch = optimizer = train_step = None  # free the 4-row set-up (closures share these cells)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    model, batch, step_s, details = mfu_step(cfg, device, repeats, compile_error is None)
+    flops = model_flops(model, batch)
+    details.update(
+        device=name,
+        dtype="bfloat16",
+        params=sum(p.numel() for p in model.parameters()),
+        tokens=int(batch.attention_mask.sum()),
+        rows=batch.num_rows,
+        row_length=batch.row_length,
+        step_s=step_s,
+        model_flops_per_step=flops,
+        loss_chunk_size=model.loss_chunk_size,
+        smaller_batch=small,
+    )
     if peak is None:
         results.insert(0, skipped("gpu.mfu", f"peak bf16 FLOPs of {name!r} unknown", unit="FLOPs/s"))
         results[0]["value"] = flops / step_s
@@ -403,13 +480,14 @@ def run(size: str = "full") -> list[dict[str, Any]]:
         )
     if model.backbone.layers_compiled:  # decoding runs eager (its prefill shapes would each compile)
         model.backbone.compile_layers(False)
+    model.backbone.set_attn_implementation("sdpa")
 
     # ------------------------------------------------------------------ audio generation tokens/s
     from bagpiper_lib.sequence.messages import Message
     from benchmarks.common import caption
 
     model.eval()
-    optimizer.zero_grad(set_to_none=True)  # free the gradients before decoding
+    model.zero_grad(set_to_none=True)  # free the gradients before decoding
     gen = torch.Generator().manual_seed(0)
     prompts = [model.prompt([Message("user", "text", caption(gen, 120))]) for _ in range(cfg["gen_rows"])]
     frames = cfg["frames"]

@@ -1,6 +1,6 @@
 """GPU probe: the 0.6B training step's parts and variants side by side, and a profile (a development tool).
 
-    python -m benchmarks.gpu_probe [attention] [loss] [step] [rows8] [--out DIR]
+    python -m benchmarks.gpu_probe [attention] [loss] [step] [rows8] [gaps] [variants] [--out DIR]
 
 Where ``python -m benchmarks gpu`` reports one figure per entry, this breaks the step down to choose the
 next change (stop 20 used it to find the loss's padding and chunk size):
@@ -18,6 +18,12 @@ next change (stop 20 used it to find the loss's padding and chunk size):
   (``DIR/profile.txt``).
 * ``rows8``: the compiled step at 8 rows with the compiled layers' activation memory budget at 1.0,
   0.7 and 0.5 (seconds, MFU, peak memory, or the out-of-memory).
+* ``gaps``: where the compiled 4-row step leaves the GPU idle. Every host sync of one step, by the
+  Python line that asked for it (``torch.cuda.set_sync_debug_mode``); the GPU's idle time between
+  kernels in a profile of two steps; and, from a profile with Python stacks, each idle gap attributed
+  to the innermost project function that launched the kernel ending it (``DIR/gaps.json``).
+* ``variants``: the compiled step at 4 rows with the varlen kernel and with ``flex_attention``, then
+  at 8 rows with flex and varlen under activation memory budgets (seconds, MFU, peak memory).
 
 Every figure goes to ``DIR/probe.json`` as soon as it is measured (a run cut short keeps what it has).
 A part that fails is recorded as ``<part>.error`` and the next part runs. Without CUDA it runs tiny
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -37,7 +44,7 @@ from typing import Any
 
 import torch
 
-PARTS = ("attention", "loss", "step", "rows8")
+PARTS = ("attention", "loss", "step", "rows8", "gaps", "variants")
 
 
 class Probe:
@@ -306,6 +313,202 @@ def rows8(probe: Probe) -> None:
             gc.collect()
             if dev == "cuda":
                 torch.cuda.empty_cache()
+
+
+def _sync_sites(train_step) -> dict[str, int]:
+    """``{"file:line": count}`` of the host syncs of one ``train_step`` (CUDA's sync debug mode warns at
+    each synchronising call; the warning carries the Python line that made it)."""
+    counts: dict[str, int] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+            torch.cuda.synchronize()
+    for warning in caught:
+        if "synchroniz" not in str(warning.message).lower():
+            continue
+        key = f"{Path(warning.filename).name}:{warning.lineno}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+_GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def idle_gaps(events: list[dict[str, Any]], threshold_us: float = 5.0) -> dict[str, Any]:
+    """GPU idle time in a chrome trace's events: busy span, idle total and the gaps over
+    ``threshold_us``, each with the correlation id of the kernel that ends it."""
+    gpu = sorted((e for e in events if e.get("cat") in _GPU_CATS and "dur" in e), key=lambda e: e["ts"])
+    if not gpu:
+        return {"busy_us": 0.0, "span_us": 0.0, "idle_us": 0.0, "gaps": []}
+    gaps, end, busy = [], gpu[0]["ts"] + gpu[0]["dur"], gpu[0]["dur"]
+    for e in gpu[1:]:
+        if e["ts"] > end:
+            if e["ts"] - end >= threshold_us:
+                gaps.append((e["ts"] - end, end, e.get("args", {}).get("correlation")))
+            busy += e["dur"]
+        else:
+            busy += max(0.0, e["ts"] + e["dur"] - end)
+        end = max(end, e["ts"] + e["dur"])
+    span = end - gpu[0]["ts"]
+    return {"busy_us": busy, "span_us": span, "idle_us": span - busy, "gaps": gaps}
+
+
+def attribute_gaps(events: list[dict[str, Any]], gaps, top: int = 30) -> dict[str, Any]:
+    """Each gap's time to the innermost project (``bagpiper_lib``/``benchmarks``) Python frame around
+    the host call that launched the kernel ending it (else the innermost operator)."""
+    import bisect
+
+    launches = {
+        e["args"]["correlation"]: e["ts"]
+        for e in events
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
+    }
+    frames = sorted(
+        (e for e in events if e.get("cat") in ("python_function", "cpu_op") and "dur" in e),
+        key=lambda e: e["ts"],
+    )
+    starts = [e["ts"] for e in frames]
+
+    def where(ts: float) -> str:
+        inner_project, inner_op = None, None
+        for e in frames[: bisect.bisect_right(starts, ts)][-4000:]:
+            if e["ts"] + e["dur"] < ts:
+                continue
+            name = e.get("name", "")
+            if e.get("cat") == "python_function" and ("bagpiper_lib" in name or "benchmarks" in name):
+                if inner_project is None or e["ts"] >= inner_project[0]:
+                    inner_project = (e["ts"], name)
+            elif e.get("cat") == "cpu_op" and (inner_op is None or e["ts"] >= inner_op[0]):
+                inner_op = (e["ts"], name)
+        parts = [p[1] for p in (inner_project, inner_op) if p is not None]
+        return " | ".join(parts) or "?"
+
+    totals: dict[str, list[float]] = {}
+    largest = []
+    for gap, at, correlation in gaps:
+        key = where(launches[correlation]) if correlation in launches else "(no launch found)"
+        slot = totals.setdefault(key, [0.0, 0])
+        slot[0] += gap
+        slot[1] += 1
+        largest.append((gap, at, key))
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return {
+        "by_site": [{"site": k, "idle_us": round(v[0], 1), "gaps": v[1]} for k, v in ranked],
+        "largest": [{"idle_us": round(g, 1), "site": k} for g, _, k in sorted(largest, reverse=True)[:top]],
+    }
+
+
+def _trace_events(fn, sync, with_stack: bool, path: Path) -> list[dict[str, Any]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Profiler clears events")
+        with profile(activities=activities, with_stack=with_stack) as prof:
+            fn()
+            sync()
+    prof.export_chrome_trace(str(path))
+    events = json.loads(path.read_text())["traceEvents"]
+    path.unlink()
+    return events
+
+
+def gaps(probe: Probe) -> None:
+    import tempfile
+
+    from benchmarks import gpu
+
+    dev = probe.device
+    cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
+    model, batch, _, train_step = gpu.training_setup(cfg, dev)
+    model.backbone.compile_layers(**({} if dev == "cuda" else {"backend": "aot_eager"}))
+    seconds = probe.time(train_step, repeats=3, warmup=2)
+    probe.log("gaps.step_s", seconds)
+    if dev == "cuda":
+        probe.log("gaps.sync_sites", _sync_sites(train_step))
+
+    def two_steps():
+        train_step()
+        train_step()
+
+    tmp = Path(tempfile.mkdtemp())
+    plain = idle_gaps(_trace_events(two_steps, probe.sync, False, tmp / "plain.json"))
+    probe.log("gaps.two_steps", {k: round(v, 1) for k, v in plain.items() if k != "gaps"} | {
+        "gaps_over_5us": len(plain["gaps"]), "idle_in_gaps_over_100us": round(sum(
+            g for g, _, _ in plain["gaps"] if g >= 100), 1)})  # fmt: skip
+    events = _trace_events(two_steps, probe.sync, True, tmp / "stack.json")
+    stacked = idle_gaps(events)
+    probe.log("gaps.two_steps_with_stack_idle_us", round(stacked["idle_us"], 1))
+    report = attribute_gaps(events, stacked["gaps"])
+    (probe.out / "gaps.json").write_text(json.dumps(report, indent=1))
+    for row in report["by_site"][:12]:
+        print(f"[probe] gap {row['idle_us']:>10.1f} us {row['gaps']:>5} x  {row['site'][:200]}", flush=True)
+
+
+def variants(probe: Probe) -> None:
+    """The compiled step with each attention kernel, at 4 rows, then at 8 under memory budgets."""
+    import gc
+
+    import torch._dynamo
+
+    from benchmarks import gpu
+
+    dev = probe.device
+    cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
+    peak = gpu.peak_flops(torch.cuda.get_device_name()) if dev == "cuda" else None
+    backend = {} if dev == "cuda" else {"backend": "aot_eager_decomp_partition"}
+    plan = {4: [("sdpa", None), ("flex_attention", None)],
+            8: [("flex_attention", 0.5), ("sdpa", 0.5), ("flex_attention", 0.7)]}  # fmt: skip
+    if os.environ.get("BAGPIPER_PROBE_VARIANTS"):  # "rows:attn:budget,..." e.g. "8:flex_attention:0.5"
+        plan = {}
+        for item in os.environ["BAGPIPER_PROBE_VARIANTS"].split(","):
+            rows, attn, budget = item.split(":")
+            plan.setdefault(int(rows), []).append((attn, None if float(budget) >= 1 else float(budget)))
+    profiled = False
+    for rows, combos in plan.items():
+        gc.collect()
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+        model, batch, optimizer, train_step = gpu.training_setup(cfg, dev, rows=rows if dev == "cuda" else 1)
+        flops = gpu.model_flops(model, batch)
+        for attn, budget in combos:
+            name = f"variants.rows{rows}.{attn}.budget{budget or 1.0}"
+            torch._dynamo.reset()
+            try:
+                model.backbone.set_attn_implementation(attn)
+                options = {} if budget is None else {"activation_memory_budget": budget}
+                model.backbone.compile_layers(**options, **backend)
+                if dev == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                train_step()
+                probe.sync()
+                probe.log(f"{name}.first_s", time.perf_counter() - start)
+                seconds = probe.time(train_step, repeats=3, warmup=1)
+                probe.log(f"{name}.s", seconds)
+                if peak:
+                    probe.log(f"{name}.mfu", flops / seconds / peak)
+                if dev == "cuda":
+                    probe.log(f"{name}.peak_gib", torch.cuda.max_memory_allocated() / 2**30)
+                if not profiled:  # the first variant's kernels, by GPU time
+                    probe.profile(train_step, "profile_variant.txt", rows=60)
+                    profiled = True
+            except torch.OutOfMemoryError as error:
+                probe.log(f"{name}.out_of_memory", str(error)[:200])
+            except Exception as error:  # noqa: BLE001 - record it, try the next variant
+                probe.log(f"{name}.error", f"{type(error).__name__}: {error}"[:600])
+            finally:
+                model.backbone.compile_layers(False)
+                model.backbone.set_attn_implementation("sdpa")
+                optimizer.zero_grad(set_to_none=True)
+                gc.collect()
+                if dev == "cuda":
+                    torch.cuda.empty_cache()
+        del model, batch, optimizer, train_step
 
 
 def main(argv: list[str] | None = None) -> int:
