@@ -385,9 +385,10 @@ class BagpiperModel(PipelineMixin, GenerationMixin, nn.Module):
         embeds = self.input_embeddings(tokens, get("audio_in") or [], check_ids=False)
         kwargs = {"attention_mask": attention_mask} if attention_mask is not None and values[-1] else {}
         hidden = self.backbone(embeds, position_ids, **kwargs)
-        rows, cols = index // mask.shape[1], index % mask.shape[1]
+        # position (b, t) of hidden [B, T, H] predicts t + 1: flat row b * T + t = index + b
+        predicting = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index + index // mask.shape[1])
         return multistream_loss(
-            StreamTargets(hidden[rows, cols], target_tokens, target_mask),
+            StreamTargets(predicting, target_tokens, target_mask),
             heads,
             codec_offset=self.vocab.codec_offset,
             codec_weight=self.codec_loss_weight,
