@@ -144,16 +144,20 @@ def plan_loss(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    device = tokens.device
-    lo = torch.tensor([h.offset for h in heads], device=device)
-    hi = torch.tensor([h.offset + h.hi - h.lo for h in heads], device=device)
-    outside = (mask & ((tokens < lo) | (tokens >= hi))).any()
+    # per stream with Python bounds: a tensor of them would be a host-to-device copy, which on CUDA
+    # waits for the queue like a sync
+    outside = torch.stack(
+        [
+            (mask[:, k] & ((tokens[:, k] < h.offset) | (tokens[:, k] >= h.offset + h.hi - h.lo))).any()
+            for k, h in enumerate(heads)
+        ]
+    ).any()
     chunks = -(-positions // chunk_size)
     parts = [outside[None].double(), mask.sum(0).double()]
     groups = _groups(heads)
     biases = {}
     for key, streams in groups.items():
-        any_target = F.pad(mask[:, streams].any(-1), (0, chunks * chunk_size - positions))
+        any_target = F.pad(_columns(mask, streams).any(-1), (0, chunks * chunk_size - positions))
         parts.append(any_target.view(chunks, chunk_size).sum(1).double())
         if len(streams) > 1:
             biases[key] = _biases(heads, streams)
@@ -498,6 +502,15 @@ class _RowKernelHead:
             grads[id(shift)][self.head.shift_row] += grad_x.sum(0).to(shift.dtype)
 
 
+def _columns(x: torch.Tensor, streams: list[int]) -> torch.Tensor:
+    """``x[:, streams]`` without a host-to-device copy of the index list (on CUDA such a copy waits for
+    the queue like a sync): a slice where the streams are consecutive (the shared head's codec streams),
+    else a stack of the columns."""
+    if streams == list(range(streams[0], streams[0] + len(streams))):
+        return x[:, streams[0] : streams[0] + len(streams)]
+    return torch.stack([x[:, k] for k in streams], dim=1)
+
+
 def _nonzero(flags: torch.Tensor, count: int) -> torch.Tensor:
     """The indices of the ``count`` true entries of ``flags [N]`` (counted beforehand, in the plan's one
     host sync), without a sync of its own: ``nonzero_static`` where torch has it for the device."""
@@ -571,7 +584,7 @@ def _group(hidden, tokens, mask, weights, heads, streams, prepared, start, stop,
     """
     if count == 0:
         return
-    rows = _nonzero(mask[start:stop, streams].any(-1), count)
+    rows = _nonzero(_columns(mask[start:stop], streams).any(-1), count)
     first = heads[streams[0]]
     weight = first.weight.detach()[first.lo : first.hi]  # [V, H]
     h = hidden.detach()[start:stop][rows]  # [R, H]

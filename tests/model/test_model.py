@@ -309,8 +309,8 @@ def test_transformer_adaptor_builds_trains_and_round_trips(tmp_path):
 
 
 class _HostReads(torch.overrides.TorchFunctionMode):
-    """Records each tensor call that makes the host wait for the device (a CUDA sync), with the
-    project file and line that made it."""
+    """Records each tensor call that makes the host wait for the device (a CUDA sync: a value read, a
+    boolean-mask or list index), with the project function that made it."""
 
     READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
 
@@ -324,7 +324,10 @@ class _HostReads(torch.overrides.TorchFunctionMode):
             isinstance(i, torch.Tensor) and i.dtype == torch.bool
             for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
         )
-        if name in self.READS or masked:
+        listed = name == "__getitem__" and any(  # a list index is copied to the device: a sync on CUDA
+            isinstance(i, list) for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+        )
+        if name in self.READS or masked or listed:
             import traceback
 
             frames = [f for f in traceback.extract_stack() if "bagpiper_lib" in f.filename]
