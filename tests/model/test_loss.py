@@ -293,3 +293,37 @@ def test_compile_errors_without_inductor_error(monkeypatch):
     assert torch._inductor.exc.InductorError in loss_module._compile_errors()
     monkeypatch.delattr(torch._inductor.exc, "InductorError")
     assert loss_module._compile_errors() == (BackendCompilerFailed,)
+
+
+def test_loss_plan_counts_targets_per_stream_and_chunk_and_an_early_plan_gives_the_same_loss():
+    from bagpiper_lib.model.loss import plan_loss
+
+    hidden, weight, shift, _, tokens, mask = problem(positions=23)
+    mask[3:9] = False  # a gap, so that the chunks' counts differ
+    heads = shared_heads(weight, shift)
+    plan = plan_loss(tokens, mask, heads, chunk_size=10)
+    assert plan.stream_counts == tuple(int(c) for c in mask.sum(0))
+    assert plan.chunk_counts[(id(weight), 0, VOCAB)] == tuple(
+        int(mask[i : i + 10, 0].sum()) for i in (0, 10, 20)
+    )
+    codec = mask[:, 1:].any(-1)
+    assert plan.chunk_counts[(id(weight), CODEC, VOCAB)] == tuple(
+        int(codec[i : i + 10].sum()) for i in (0, 10, 20)
+    )
+    biases = (shift @ weight[CODEC:].t()).detach()
+    assert plan.spreads[(id(weight), CODEC, VOCAB)] == pytest.approx(
+        float((biases.amax(1) - biases.amin(1)).max())
+    )
+    args = dict(codec_offset=CODEC, codec_weight=0.25, chunk_size=10)
+    planned = multistream_loss(StreamTargets(hidden, tokens, mask), heads, plan=plan, **args)
+    unplanned = multistream_loss(StreamTargets(hidden, tokens, mask), heads, **args)
+    assert torch.equal(planned.loss, unplanned.loss) and planned.num_targets == int(mask[:, 0].sum())
+    with pytest.raises(
+        ValueError, match="plan is for 23 positions, chunk_size 10 and 3 streams; the call has 23, 4"
+    ):
+        multistream_loss(StreamTargets(hidden, tokens, mask), heads, plan=plan, **{**args, "chunk_size": 4})
+    tokens[5, 1] = 0  # a bad id where the mask is off does not count
+    assert plan_loss(tokens, mask, heads, chunk_size=10).stream_counts == plan.stream_counts
+    mask[5, 1] = True
+    with pytest.raises(ValueError, match="target id 0 of stream 1 lies outside"):
+        plan_loss(tokens, mask, heads, chunk_size=10)
