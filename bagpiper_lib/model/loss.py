@@ -110,8 +110,12 @@ class LossPlan:
     ``chunk_counts`` maps a group key ``(id(weight), lo, hi)`` to the number of positions with a target
     of the group's streams in each chunk of ``chunk_size`` positions; ``spreads`` the same key to the
     spread of the group's stream biases (several streams only), with ``biases`` their ``[S, V]`` values.
+    ``tokens`` and ``mask`` are the tensors it was made from: :func:`multistream_loss` takes a plan only
+    with these very tensors (its counts would be wrong for any other targets, silently).
     """
 
+    tokens: torch.Tensor
+    mask: torch.Tensor
     positions: int
     chunk_size: int
     stream_counts: tuple[int, ...]
@@ -136,7 +140,7 @@ def plan_loss(
     runs (the GPU then has the whole forward queued while the host waits on nothing); without it
     :func:`multistream_loss` plans itself. Raises ``ValueError`` naming a target id outside its stream's
     output ids."""
-    mask = mask.bool()
+    given_mask, mask = mask, mask.bool()
     positions, num_streams = tokens.shape
     if len(heads) != num_streams or mask.shape != tokens.shape:
         raise ValueError(
@@ -172,7 +176,16 @@ def plan_loss(
         if len(streams) > 1:
             spreads[key] = values[at]
             at += 1
-    return LossPlan(positions, chunk_size, tuple(int(c) for c in counts), chunk_counts, spreads, biases)
+    return LossPlan(
+        tokens,
+        given_mask,
+        positions,
+        chunk_size,
+        tuple(int(c) for c in counts),
+        chunk_counts,
+        spreads,
+        biases,
+    )
 
 
 def multistream_loss(
@@ -204,18 +217,19 @@ def multistream_loss(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    mask = mask.bool()
     if plan is None:
         plan = plan_loss(tokens, mask, heads, chunk_size)
-    elif (plan.positions, plan.chunk_size, len(plan.stream_counts)) != (
-        tokens.shape[0],
-        chunk_size,
-        num_streams,
-    ):
+    elif plan.tokens is not tokens or plan.mask is not mask:
         raise ValueError(
-            f"plan is for {plan.positions} positions, chunk_size {plan.chunk_size} and {len(plan.stream_counts)} "
-            f"streams; the call has {tokens.shape[0]}, {chunk_size} and {num_streams}"
+            "plan was made from other targets: make it with plan_loss(targets.tokens, targets.mask, heads, "
+            "chunk_size) on the very tensors given to multistream_loss"
         )
+    elif plan.chunk_size != chunk_size or set(plan.chunk_counts) != set(_groups(heads)):
+        raise ValueError(
+            f"plan is for chunk_size {plan.chunk_size} and other stream heads; the call has chunk_size "
+            f"{chunk_size}: make the plan with the call's heads and chunk_size"
+        )
+    mask = mask.bool()
     codec = (tokens >= codec_offset) & mask
     weights = torch.where(codec, codec_weight, 1.0) * mask  # [P, K] float32, 0 where not a target
     params = _unique([t for head in heads for t in (head.weight, head.shift) if t is not None])

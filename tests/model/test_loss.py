@@ -319,9 +319,14 @@ def test_loss_plan_counts_targets_per_stream_and_chunk_and_an_early_plan_gives_t
     unplanned = multistream_loss(StreamTargets(hidden, tokens, mask), heads, **args)
     assert torch.equal(planned.loss, unplanned.loss) and planned.num_targets == int(mask[:, 0].sum())
     with pytest.raises(
-        ValueError, match="plan is for 23 positions, chunk_size 10 and 3 streams; the call has 23, 4"
+        ValueError, match="plan is for chunk_size 10 and other stream heads; the call has chunk_size 4"
     ):
         multistream_loss(StreamTargets(hidden, tokens, mask), heads, plan=plan, **{**args, "chunk_size": 4})
+    own = own_heads(weight, [torch.randn(BLOCK, H) for _ in range(K - 1)])
+    with pytest.raises(ValueError, match="other stream heads"):
+        multistream_loss(StreamTargets(hidden, tokens, mask), own, plan=plan, **args)
+    with pytest.raises(ValueError, match="plan was made from other targets"):  # equal values, other tensors
+        multistream_loss(StreamTargets(hidden, tokens.clone(), mask), heads, plan=plan, **args)
     tokens[5, 1] = 0  # a bad id where the mask is off does not count
     assert plan_loss(tokens, mask, heads, chunk_size=10).stream_counts == plan.stream_counts
     mask[5, 1] = True
