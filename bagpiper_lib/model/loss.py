@@ -148,14 +148,7 @@ def plan_loss(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    # per stream with Python bounds: a tensor of them would be a host-to-device copy, which on CUDA
-    # waits for the queue like a sync
-    outside = torch.stack(
-        [
-            (mask[:, k] & ((tokens[:, k] < h.offset) | (tokens[:, k] >= h.offset + h.hi - h.lo))).any()
-            for k, h in enumerate(heads)
-        ]
-    ).any()
+    outside = _outside(tokens, mask, heads).any()
     chunks = -(-positions // chunk_size)
     parts = [outside[None].double(), mask.sum(0).double()]
     groups = _groups(heads)
@@ -536,17 +529,29 @@ def _nonzero(flags: torch.Tensor, count: int) -> torch.Tensor:
         return flags.nonzero().squeeze(1)
 
 
+def _outside(tokens, mask, heads) -> torch.Tensor:
+    """``[P, K]`` bool: the targets whose id lies outside their stream's output ids. Per stream with
+    Python bounds: a tensor of them would be a host-to-device copy, which on CUDA waits for the queue
+    like a sync."""
+    return torch.stack(
+        [
+            mask[:, k] & ((tokens[:, k] < h.offset) | (tokens[:, k] >= h.offset + h.hi - h.lo))
+            for k, h in enumerate(heads)
+        ],
+        dim=1,
+    )
+
+
 def _check_targets(tokens, mask, heads):
     """Every target id lies in its stream's output ids (host syncs: :func:`plan_loss` calls it only
     where its one sync found a bad id, for the message)."""
-    lo = torch.tensor([h.offset for h in heads], device=tokens.device)
-    hi = torch.tensor([h.offset + h.hi - h.lo for h in heads], device=tokens.device)
-    outside = mask & ((tokens < lo) | (tokens >= hi))
+    outside = _outside(tokens, mask, heads)
     if bool(outside.any()):
         p, k = (int(i) for i in outside.nonzero()[0])
+        lo = heads[k].offset
         raise ValueError(
             f"target id {int(tokens[p, k])} of stream {k} lies outside that stream's output ids "
-            f"[{int(lo[k])}, {int(hi[k])})"
+            f"[{lo}, {lo + heads[k].hi - heads[k].lo})"
         )
 
 
