@@ -349,7 +349,7 @@ def _forward(hidden, tokens, mask, weights, heads, plan, wanted):
         )
     scratch = _Scratch(hidden.device)
     rest = [
-        (streams, _stream_biases(heads, streams, plan, key), plan.chunk_counts[key])
+        (streams, _stream_biases(plan, key), plan.chunk_counts[key])
         for key, streams in groups.items()
         if streams[0] not in rowwise
     ]
@@ -567,11 +567,12 @@ def _targets(tokens, mask, heads, k, start, rows):
 _MAX_BIAS_SPREAD = 40.0
 
 
-def _stream_biases(heads, streams, plan, key):
-    """``(biases [S, V] float32, factored)`` of a group of several streams sharing one projection: each
-    stream's bias ``e_k W^T`` (0 without a shift, from the plan), and whether their spread allows the
-    one-exponential path (:data:`_MAX_BIAS_SPREAD`); ``(None, False)`` for a single stream."""
-    if len(streams) == 1:
+def _stream_biases(plan, key):
+    """``(biases [S, V] float32, factored)`` of group ``key`` when it has several streams sharing one
+    projection: each stream's bias ``e_k W^T`` (0 without a shift, from the plan), and whether their
+    spread allows the one-exponential path (:data:`_MAX_BIAS_SPREAD`); ``(None, False)`` for a single
+    stream (the plan holds biases for multi-stream groups only)."""
+    if key not in plan.biases:
         return None, False
     return plan.biases[key], plan.spreads[key] <= _MAX_BIAS_SPREAD
 
