@@ -276,43 +276,8 @@ def rows8(probe: Probe) -> None:
     below 1 the partitioner recomputes the cheapest saved activations in backward. The 4-row step
     peaked at 48 GB on an 80 GB H100, so 8 rows need the budget or do not fit; an out-of-memory is
     recorded per budget."""
-    import gc
-
-    import torch._dynamo
-
-    from benchmarks import gpu
-
-    dev = probe.device
-    gc.collect()  # the step part's model, if it ran before in this process
-    if dev == "cuda":
-        torch.cuda.empty_cache()
-    cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
-    model, batch, optimizer, train_step = gpu.training_setup(cfg, dev, rows=8 if dev == "cuda" else 2)
-    flops = gpu.model_flops(model, batch)
-    peak = gpu.peak_flops(torch.cuda.get_device_name()) if dev == "cuda" else None
-    backend = {} if dev == "cuda" else {"backend": "aot_eager_decomp_partition"}  # the same partitioner
-
-    for budget in (1.0, 0.7, 0.5):
-        name = f"rows8.budget{budget}"
-        torch._dynamo.reset()
-        try:
-            model.backbone.compile_layers(activation_memory_budget=budget, **backend)
-            if dev == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            seconds = probe.time(train_step, repeats=3, warmup=2)
-            probe.log(f"{name}.s", seconds)
-            if peak:
-                probe.log(f"{name}.mfu", flops / seconds / peak)
-            if dev == "cuda":
-                probe.log(f"{name}.peak_gib", torch.cuda.max_memory_allocated() / 2**30)
-        except torch.OutOfMemoryError as error:
-            probe.log(f"{name}.out_of_memory", str(error)[:200])
-        finally:
-            model.backbone.compile_layers(False)
-            optimizer.zero_grad(set_to_none=True)
-            gc.collect()
-            if dev == "cuda":
-                torch.cuda.empty_cache()
+    _time_variants(probe, {8: [("sdpa", None), ("sdpa", 0.7), ("sdpa", 0.5)]},
+                   lambda rows, attn, budget: f"rows8.budget{budget or 1.0}", cpu_rows=2, profile=False)  # fmt: skip
 
 
 def _sync_sites(train_step) -> dict[str, int]:
@@ -451,6 +416,23 @@ def gaps(probe: Probe) -> None:
 
 def variants(probe: Probe) -> None:
     """The compiled step with each attention kernel, at 4 rows, then at 8 under memory budgets."""
+
+    plan = {4: [("sdpa", None), ("flex_attention", None)],
+            8: [("flex_attention", 0.5), ("sdpa", 0.5), ("flex_attention", 0.7)]}  # fmt: skip
+    if os.environ.get("BAGPIPER_PROBE_VARIANTS"):  # "rows:attn:budget,..." e.g. "8:flex_attention:0.5"
+        plan = {}
+        for item in os.environ["BAGPIPER_PROBE_VARIANTS"].split(","):
+            rows, attn, budget = item.split(":")
+            plan.setdefault(int(rows), []).append((attn, None if float(budget) >= 1 else float(budget)))
+    _time_variants(probe, plan, lambda rows, attn, budget: f"variants.rows{rows}.{attn}.budget{budget or 1.0}",
+                   cpu_rows=1, profile=True)  # fmt: skip
+
+
+def _time_variants(probe: Probe, plan, name_of, cpu_rows: int, profile: bool) -> None:
+    """The compiled step for each ``rows -> [(attention, activation budget or None)]`` of ``plan``
+    (``cpu_rows`` rows on the CPU), each under ``name_of(rows, attn, budget)``: first (compiling) step,
+    seconds, MFU, peak memory, or the out-of-memory or error; with ``profile``, the first variant's
+    kernels by GPU time to ``profile_variant.txt``."""
     import gc
 
     import torch._dynamo
@@ -460,23 +442,18 @@ def variants(probe: Probe) -> None:
     dev = probe.device
     cfg = dict(gpu.SIZES["full" if dev == "cuda" else "smoke"])
     peak = gpu.peak_flops(torch.cuda.get_device_name()) if dev == "cuda" else None
-    backend = {} if dev == "cuda" else {"backend": "aot_eager_decomp_partition"}
-    plan = {4: [("sdpa", None), ("flex_attention", None)],
-            8: [("flex_attention", 0.5), ("sdpa", 0.5), ("flex_attention", 0.7)]}  # fmt: skip
-    if os.environ.get("BAGPIPER_PROBE_VARIANTS"):  # "rows:attn:budget,..." e.g. "8:flex_attention:0.5"
-        plan = {}
-        for item in os.environ["BAGPIPER_PROBE_VARIANTS"].split(","):
-            rows, attn, budget = item.split(":")
-            plan.setdefault(int(rows), []).append((attn, None if float(budget) >= 1 else float(budget)))
-    profiled = False
+    backend = {} if dev == "cuda" else {"backend": "aot_eager_decomp_partition"}  # inductor's partitioner
+    profiled = not profile
     for rows, combos in plan.items():
-        gc.collect()
+        gc.collect()  # an earlier part's or row count's model
         if dev == "cuda":
             torch.cuda.empty_cache()
-        model, batch, optimizer, train_step = gpu.training_setup(cfg, dev, rows=rows if dev == "cuda" else 1)
+        model, batch, optimizer, train_step = gpu.training_setup(
+            cfg, dev, rows=rows if dev == "cuda" else cpu_rows
+        )
         flops = gpu.model_flops(model, batch)
         for attn, budget in combos:
-            name = f"variants.rows{rows}.{attn}.budget{budget or 1.0}"
+            name = name_of(rows, attn, budget)
             torch._dynamo.reset()
             try:
                 model.backbone.set_attn_implementation(attn)
