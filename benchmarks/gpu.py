@@ -261,6 +261,12 @@ def flex_attention_entry(model, train_step, step_s: float, repeats: int, device_
     )
 
 
+def _compile_options(device: str) -> dict[str, str]:
+    """``compile_layers`` options: inductor on CUDA; the CPU code-path check compiles with ``aot_eager``
+    (no C++ build)."""
+    return {} if device == "cuda" else {"backend": "aot_eager"}
+
+
 def mfu_step(cfg: dict[str, Any], device: str, repeats: int, compile_layers: bool):
     """``(model, batch, seconds, details)``: the fastest training step at ``cfg["mfu_rows"]`` rows among
     compiled decoder layers with the fused varlen kernel and with ``flex_attention`` (eager layers where
@@ -276,7 +282,7 @@ def mfu_step(cfg: dict[str, Any], device: str, repeats: int, compile_layers: boo
         try:
             backbone.set_attn_implementation(attn)
             if compile_layers:
-                backbone.compile_layers(**({} if device == "cuda" else {"backend": "aot_eager"}))
+                backbone.compile_layers(**_compile_options(device))
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             seconds[attn], _ = median_time(train_step, repeats, warmup=2)
@@ -295,7 +301,7 @@ def mfu_step(cfg: dict[str, Any], device: str, repeats: int, compile_layers: boo
     best = min(seconds, key=seconds.get)
     backbone.set_attn_implementation(best)
     if compile_layers:
-        backbone.compile_layers(**({} if device == "cuda" else {"backend": "aot_eager"}))
+        backbone.compile_layers(**_compile_options(device))
     details = {
         "attn_implementation": best,
         "compiled_layers": compile_layers,
@@ -377,8 +383,8 @@ def run(size: str = "full") -> list[dict[str, Any]]:
 
     # ------------------------------------------------------------------ compiled decoder layers
     step_s, compile_error, compile_s = eager_s, None, None
-    try:  # the CPU check compiles with aot_eager (no C++ build)
-        model.backbone.compile_layers(**({} if device == "cuda" else {"backend": "aot_eager"}))
+    try:
+        model.backbone.compile_layers(**_compile_options(device))
         start = time.perf_counter()
         train_step()  # compiles (forward and backward)
         synchronize()
