@@ -20,12 +20,14 @@ shortest clip the reference's reflect padding accepts.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from bagpiper_lib.audio import prepare_audio
 from bagpiper_lib.encoders.base import AudioEncoder
 
 __all__ = [
@@ -33,12 +35,24 @@ __all__ = [
     "LogMelSpectrogram",
     "MelEncoder",
     "chroma_filter_bank",
+    "key_profile",
     "mel_filter_bank",
     "onset_strength",
+    "peak_energy",
+    "tempogram",
 ]
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 CHROMA_MAX_HZ = 5000.0  # top of the chroma bank: above it partials are weak and inharmonic
+TEMPOGRAM_LAGS = range(10, 65)  # frames at 100 per second: beat periods of 0.10-0.64 s (94-600 per minute)
+KEY_TEMPERATURE = 0.1  # MelEncoder's key_profile: a distribution over the 24 keys (see key_profile)
+CONTEXT_FRAMES = 100  # half-width of the tempogram / key-profile window: +-1 s around each frame
+# Krumhansl-Kessler probe-tone profiles, C major and C minor (C, C#, ..., B): how well each pitch class
+# fits the key, the standard templates of MIR key finding.
+KEY_PROFILES = {
+    "major": (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88),
+    "minor": (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17),
+}
 
 
 def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -303,6 +317,90 @@ def onset_strength(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     return flux * valid
 
 
+def _window_sum(x: torch.Tensor, half: int) -> torch.Tensor:
+    """Sum of ``x [..., T]`` over frames ``t - half .. t + half`` (clipped to ``0 .. T - 1``) at each ``t``."""
+    steps = x.shape[-1]
+    total = torch.nn.functional.pad(x.cumsum(dim=-1), (1, 0))  # [..., T + 1]
+    t = torch.arange(steps, device=x.device)
+    return total[..., (t + half + 1).clamp(max=steps)] - total[..., (t - half).clamp(min=0)]
+
+
+def tempogram(
+    flux: torch.Tensor, frames: torch.Tensor, lags: range = TEMPOGRAM_LAGS, half: int = CONTEXT_FRAMES
+) -> torch.Tensor:
+    """Local autocorrelation ``[B, len(lags), T]`` of an onset envelope ``flux [B, T]`` (:func:`onset_strength`).
+
+    Entry ``(b, l, t)`` is ``sum_k o[k] o[k + lag_l] / sum_k o[k]^2`` over the frames ``k`` within
+    ``half`` frames of ``t`` (``o = flux[b]``, 0 past the item's ``frames[b]``): near 1 where onsets
+    recur every ``lag_l`` frames around ``t``, near 0 where they do not. A steady pulse peaks at its
+    period and its multiples, so the tempo is one clip-level pattern that every frame carries, where
+    the flux alone gives it only as the spacing between single-frame peaks. Frames past the end, and
+    windows without onsets, read 0.
+    """
+    steps = flux.shape[-1]
+    valid = torch.arange(steps, device=flux.device)[None] < frames[:, None]
+    o = flux * valid
+    shifted = torch.stack(
+        [
+            torch.nn.functional.pad(o[:, lag:], (0, lag)) if lag < steps else torch.zeros_like(o)
+            for lag in lags
+        ],
+        dim=1,
+    )  # [B, L, T]: o[k + lag]
+    num = _window_sum(o[:, None] * shifted, half)
+    energy = _window_sum(o.pow(2), half)[:, None]
+    heard = (energy > 1e-8) & valid[:, None]
+    return torch.where(heard, num / energy.clamp(min=1e-8), 0.0)
+
+
+def peak_energy(energy: torch.Tensor, frames: torch.Tensor, half: int = CONTEXT_FRAMES) -> torch.Tensor:
+    """The loudest frame ``[B, T]`` of ``energy [B, T]`` (:meth:`LogMelSpectrogram.forward` ``with_energy``)
+    within ``half`` frames of each frame; frames past the item's ``frames[b]`` read 0 and are not
+    counted. A short event's level shows in the few frames it fills; this puts it in every frame
+    around it, as a clip's stated loudness is the level of its loudest moment.
+    """
+    steps = energy.shape[-1]
+    valid = torch.arange(steps, device=energy.device)[None] < frames[:, None]
+    masked = torch.nn.functional.pad(
+        energy.masked_fill(~valid, float("-inf")), (half, half), value=float("-inf")
+    )
+    peak = torch.nn.functional.max_pool1d(masked[:, None], 2 * half + 1, stride=1)[:, 0]  # [B, T]
+    return torch.where(valid, peak, 0.0)
+
+
+def key_profile(
+    chroma: torch.Tensor, frames: torch.Tensor, half: int = CONTEXT_FRAMES, temperature: float | None = None
+) -> torch.Tensor:
+    """Correlation ``[B, 24, T]`` of the mean chroma around each frame with the 24 key profiles.
+
+    ``chroma [B, 12, T]`` (:meth:`LogMelSpectrogram.forward` ``with_chroma``) is averaged over the
+    valid frames within ``half`` frames of ``t``, then correlated (Pearson) with the
+    Krumhansl-Kessler profile of each key: rows 0-11 are C major, C# major, ..., B major, rows 12-23
+    C minor, ..., B minor. Key and mode are relations between the notes of a passage (which pitch
+    classes sound, against the tonic); this puts that context in every frame, as Krumhansl-Schmuckler
+    key finding does for a whole piece. Frames past the end, and windows without pitch, read 0.
+
+    With a ``temperature``, each frame's 24 correlations become a distribution over the keys
+    (``softmax(corr / temperature)``): the tonic (two rows) and the mode (twelve rows) are then sums
+    of entries, which a linear layer reads, where from the correlations they are a maximum over rows.
+    """
+    steps = chroma.shape[-1]
+    valid = (torch.arange(steps, device=chroma.device)[None] < frames[:, None]).to(chroma.dtype)
+    mean = _window_sum(chroma * valid[:, None], half) / _window_sum(valid, half).clamp(min=1.0)[:, None]
+    centred = mean - mean.mean(dim=1, keepdim=True)
+    norm = centred.norm(dim=1, keepdim=True)
+    profiles = torch.tensor(
+        [KEY_PROFILES[mode] for mode in ("major", "minor")], dtype=chroma.dtype, device=chroma.device
+    )
+    rows = torch.stack([profiles.roll(k, dims=1) for k in range(12)], dim=1).reshape(24, 12)  # mode-major
+    rows = rows - rows.mean(dim=1, keepdim=True)
+    rows = rows / rows.norm(dim=1, keepdim=True)
+    corr = torch.einsum("kc,bct->bkt", rows, centred / norm.clamp(min=1e-8))
+    if temperature is not None:
+        corr = torch.softmax(corr / temperature, dim=1)
+    return torch.where((norm > 1e-6) & (valid[:, None] > 0), corr, 0.0)
+
+
 class MelEncoder(AudioEncoder):
     """Log-mel frames as the audio features, with a learnable per-bin affine (``scale * x + shift``).
 
@@ -334,7 +432,21 @@ class MelEncoder(AudioEncoder):
             show directly; key and mode are read from pitch classes against the tonic. Only bins that
             resolve a semitone count: above 262 Hz at ``n_fft=1024``, above 672 Hz at 400, so a short
             window reads pitch classes from a note's upper partials only.
-        trainable: train the affine (default ``True``: it is cheap and starts as the identity).
+        tempogram: append each frame's local tempogram (:func:`tempogram`: the autocorrelation of the
+            spectral flux within +-1 s, at beat periods of 0.10-0.64 s), ``output_dim += 55``. The
+            flux marks onsets; the tempogram says how often they recur, in every frame.
+        key_profile: append how well the mean chroma within +-1 s fits each of the 24 major and minor
+            keys (:func:`key_profile`: the Krumhansl-Kessler correlations as a distribution,
+            ``softmax(corr / KEY_TEMPERATURE)``), ``output_dim += 24``. It reads the chroma, which
+            need not be appended itself (``chroma: false``); a long window (``n_fft=1024``) reads it
+            from the fundamentals up, a short one from the upper partials only.
+        peak_energy: append the loudest frame's log power within +-1 s (:func:`peak_energy`),
+            ``output_dim += 1``: the level of a short event in every frame around it.
+        trainable: train the affine (default ``True``: it is cheap and starts as the identity, or as
+            the normalisation :meth:`standardize` sets from a corpus).
+
+    The extras are appended after the mel bins in this order: log energy, onset strength, chroma,
+    tempogram, key profile, peak energy (each only when on).
     """
 
     sample_rate = 16000
@@ -349,6 +461,9 @@ class MelEncoder(AudioEncoder):
         log_energy: bool = False,
         onset_strength: bool = False,
         chroma: bool = False,
+        tempogram: bool = False,
+        key_profile: bool = False,
+        peak_energy: bool = False,
         trainable: bool = True,
     ):
         super().__init__()
@@ -365,13 +480,27 @@ class MelEncoder(AudioEncoder):
             log_energy = bool(saved.get("log_energy", False))
             onset_strength = bool(saved.get("onset_strength", False))
             chroma = bool(saved.get("chroma", False))
+            tempogram = bool(saved.get("tempogram", False))
+            key_profile = bool(saved.get("key_profile", False))
+            peak_energy = bool(saved.get("peak_energy", False))
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
         self.log_energy = bool(log_energy)
         self.onset_strength = bool(onset_strength)
         self.chroma = bool(chroma)
-        self.output_dim = n_mels + int(self.log_energy) + int(self.onset_strength) + 12 * int(self.chroma)
+        self.tempogram = bool(tempogram)
+        self.key_profile = bool(key_profile)
+        self.peak_energy = bool(peak_energy)
+        self.output_dim = (
+            n_mels
+            + int(self.log_energy)
+            + int(self.onset_strength)
+            + 12 * int(self.chroma)
+            + len(TEMPOGRAM_LAGS) * int(self.tempogram)
+            + 24 * int(self.key_profile)
+            + int(self.peak_energy)
+        )
         self.scale = nn.Parameter(torch.ones(self.output_dim))
         self.shift = nn.Parameter(torch.zeros(self.output_dim))
         self.max_seconds = float(max_seconds)
@@ -385,6 +514,16 @@ class MelEncoder(AudioEncoder):
         return torch.as_tensor(num_samples) // self.mel.hop_length
 
     def _forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, frames = self._features(wav, lengths)
+        out = (feats * self.scale + self.shift).masked_fill(~self._valid(feats, frames), 0.0)
+        return out.to(self.scale.dtype), frames
+
+    @staticmethod
+    def _valid(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        return (torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None])[..., None]
+
+    def _features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features before the affine, ``[B, T, output_dim]`` float32 (0 past each item's frames)."""
         limit = int(self.max_seconds * self.sample_rate)
         if wav.shape[-1] > limit:
             raise ValueError(
@@ -392,17 +531,71 @@ class MelEncoder(AudioEncoder):
                 f"({limit} samples at {self.sample_rate} Hz); split it or raise max_seconds"
             )
         feats, frames, *more = self.mel(
-            wav.float(), lengths, with_energy=self.log_energy, with_chroma=self.chroma
+            wav.float(),
+            lengths,
+            with_energy=self.log_energy or self.peak_energy,
+            with_chroma=self.chroma or self.key_profile,
         )
-        extra = [more.pop(0)[:, None]] if self.log_energy else []
+        energy = more.pop(0) if self.log_energy or self.peak_energy else None
+        extra = [energy[:, None]] if self.log_energy else []
+        flux = onset_strength(feats, frames) if self.onset_strength or self.tempogram else None
         if self.onset_strength:
-            extra.append(onset_strength(feats, frames)[:, None])
+            extra.append(flux[:, None])
+        chroma = more.pop(0) if self.chroma or self.key_profile else None
         if self.chroma:
-            extra.append(more.pop(0))
-        feats = torch.cat([feats, *extra], dim=1)  # [B, output_dim, T]
-        feats = feats.transpose(1, 2) * self.scale + self.shift  # [B, T, output_dim]
-        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
-        return feats.masked_fill(~valid[..., None], 0.0).to(self.scale.dtype), frames
+            extra.append(chroma)
+        if self.tempogram:
+            extra.append(tempogram(flux, frames))
+        if self.key_profile:
+            extra.append(key_profile(chroma, frames, temperature=KEY_TEMPERATURE))
+        if self.peak_energy:
+            extra.append(peak_energy(energy, frames)[:, None])
+        feats = torch.cat([feats, *extra], dim=1).transpose(1, 2)  # [B, T, output_dim]
+        return feats.masked_fill(~self._valid(feats, frames), 0.0), frames
+
+    @torch.no_grad()
+    def standardize(
+        self, clips: Sequence[torch.Tensor], sample_rate: int | None = None, *, batch_size: int = 32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set the affine so that the features of ``clips`` have zero mean and unit variance in every
+        dimension (global mean-variance normalisation, as speech toolkits apply from corpus statistics).
+
+        ``clips`` are 1-D waveforms at ``sample_rate`` (default: 16 kHz). The mean and standard
+        deviation are taken over all their valid frames, before the affine; ``scale = 1 / std`` and
+        ``shift = -mean / std``, and a dimension that hardly varies (``std < 1e-3``) is only centred.
+        Without it the extras, which vary far less than the mel bins (the key profile's 24 dimensions
+        together hold about 1 % of the variance), reach the adaptor as a small part of its input, and a
+        model trained for minutes barely learns to read them. Returns ``(mean, std)``, ``[output_dim]``
+        float64 each; the affine trains on from there when the encoder is trainable.
+        """
+        if len(clips) == 0:
+            raise ValueError("standardize needs at least one clip, got none")
+        bad = [i for i, c in enumerate(clips) if not isinstance(c, torch.Tensor) or c.dim() != 1]
+        if bad:
+            raise ValueError(f"clips must be 1-D waveforms [N]; clip {bad[0]} is not")
+        total = torch.zeros(self.output_dim, dtype=torch.float64)
+        squares, count = torch.zeros_like(total), 0
+        order = sorted(range(len(clips)), key=lambda i: clips[i].shape[0])  # little padding per batch
+        for start in range(0, len(order), batch_size):
+            group = [clips[i] for i in order[start : start + batch_size]]
+            lengths = torch.tensor([c.shape[0] for c in group])
+            wav = torch.zeros(len(group), int(lengths.max()))
+            for row, clip in enumerate(group):
+                wav[row, : clip.shape[0]] = clip.float()
+            wav, lengths = prepare_audio(wav, lengths, sample_rate, self.sample_rate)
+            feats, frames = self._features(wav.to(self.scale.device), lengths.to(self.scale.device))
+            valid = feats[self._valid(feats, frames)[..., 0]].double().cpu()  # [frames, output_dim]
+            total += valid.sum(dim=0)
+            squares += valid.pow(2).sum(dim=0)
+            count += valid.shape[0]
+        if count == 0:
+            raise ValueError("standardize found no valid feature frames in the clips")
+        mean = total / count
+        std = (squares / count - mean.pow(2)).clamp(min=0.0).sqrt()
+        scale = torch.where(std < 1e-3, torch.ones_like(std), 1.0 / std)
+        self.scale.copy_(scale.to(self.scale))
+        self.shift.copy_((-mean * scale).to(self.shift))
+        return mean, std
 
     def save_pretrained(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -415,6 +608,9 @@ class MelEncoder(AudioEncoder):
             "log_energy": self.log_energy,
             "onset_strength": self.onset_strength,
             "chroma": self.chroma,
+            "tempogram": self.tempogram,
+            "key_profile": self.key_profile,
+            "peak_energy": self.peak_energy,
             "max_seconds": self.max_seconds,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))

@@ -341,3 +341,187 @@ def test_mel_encoder_chroma_is_appended_last_and_saved(tmp_path):
     assert MelEncoder(n_mels=8, n_fft=160, chroma=True).mel.resolves_pitch_classes
     with pytest.raises(ValueError, match="n_fft=32 at 16000 Hz resolves no semitone"):
         LogMelSpectrogram(8, n_fft=32, hop_length=16)(torch.randn(1, 1000), with_chroma=True)
+
+
+def test_tempogram_peaks_at_the_beat_period_and_its_multiples():
+    from bagpiper_lib.encoders.mel import TEMPOGRAM_LAGS, onset_strength, tempogram
+
+    mel = LogMelSpectrogram(128, n_fft=1024)
+    lags = list(TEMPOGRAM_LAGS)
+    for period in (0.2, 0.25, 1 / 3, 0.5):  # eighth notes at 150, 120, 90 and 60 BPM
+        feats, frames = mel(_tone_bursts(period)[None])
+        gram = tempogram(onset_strength(feats, frames), frames)[0]  # [L, T]
+        assert gram.shape == (len(lags), int(frames[0]))
+        middle = gram[:, 100]  # +-1 s around the middle of the 2 s clip
+        beat = round(period * 100)
+        best = lags[int(middle.argmax())]
+        assert any(abs(best - k * beat) <= 1 for k in (1, 2, 3)), (period, best)
+        # the beat's own lag reads far above the lags between beats
+        at_beat = middle[beat - 1 - lags[0] : beat + 2 - lags[0]].max()
+        off_beat = middle[round(0.5 * beat) - lags[0]]
+        assert at_beat > 0.3 and at_beat > 4 * off_beat, (period, at_beat, off_beat)
+    # log features: the gain does not matter
+    loud = tempogram(onset_strength(*mel(_tone_bursts(0.25)[None])), mel(_tone_bursts(0.25)[None])[1])
+    feats, frames = mel(_tone_bursts(0.25, gain=0.075)[None])
+    torch.testing.assert_close(tempogram(onset_strength(feats, frames), frames), loud, rtol=0, atol=2e-3)
+
+
+def test_tempogram_reads_only_the_window_and_is_zero_without_onsets_or_past_the_end():
+    from bagpiper_lib.encoders.mel import tempogram
+
+    flux = torch.zeros(2, 400)
+    flux[0, 0:200:20] = 1.0  # a pulse every 20 frames in the first 2 s, then one every 40
+    flux[0, 200:400:40] = 1.0
+    gram = tempogram(flux, torch.tensor([400, 150]))
+    assert int(gram[0, :, 80].argmax()) + 10 == 20 and int(gram[0, :, 330].argmax()) + 10 == 40
+    assert gram[0, 20 - 10, 80] == pytest.approx(1.0, abs=1e-6)  # every onset in 0..180 recurs 20 later
+    # onsets 240, 280, 320, 360 in 230..399: the last one's partner would be past the end
+    assert gram[0, 40 - 10, 330] == pytest.approx(0.75, abs=1e-6)
+    assert gram[1].abs().sum() == 0  # no onsets at all
+    flux[1, :300:25] = 1.0  # onsets past the item's 150 valid frames are ignored, and it reads 0 there
+    gram = tempogram(flux, torch.tensor([400, 150]))
+    assert gram[1, :, 150:].abs().sum() == 0
+    alone = tempogram(flux[1:, :150], torch.tensor([150]))
+    torch.testing.assert_close(gram[1, :, :150], alone[0], rtol=0, atol=0)
+
+
+def test_key_profile_names_the_key_and_mode_of_a_triad_and_a_scale():
+    from bagpiper_lib.encoders.mel import KEY_PROFILES, key_profile
+
+    mel = LogMelSpectrogram(128, n_fft=1024)
+
+    def key_of(wav):
+        _, frames, chroma = mel(wav[None], with_chroma=True)
+        corr = key_profile(chroma, frames)[0]  # [24, T]
+        assert corr.shape == (24, int(frames[0])) and corr.abs().max() <= 1.0 + 1e-5
+        row = int(corr[:, int(frames[0]) // 2].argmax())
+        return row % 12, ("major", "minor")[row // 12]
+
+    def tones(tonic, steps):
+        return torch.cat([_harmonic(tonic + s, seconds=0.2) for s in steps])
+
+    major, minor = (0, 2, 4, 5, 7, 9, 11, 12), (0, 2, 3, 5, 7, 8, 10, 12)
+    # ascending scales: C major and A minor share their pitch classes; the tonic's weight tells them apart
+    assert key_of(tones(60, major)) == (0, "major") and key_of(tones(57, minor)) == (9, "minor")
+    assert key_of(tones(62, major)) == (2, "major") and key_of(tones(55, minor)) == (7, "minor")
+    # tonic arpeggios (1 3 5 8 5 3 1): the third alone tells the mode
+    assert key_of(tones(62, (0, 4, 7, 12, 7, 4, 0))) == (2, "major")
+    assert key_of(tones(62, (0, 3, 7, 12, 7, 3, 0))) == (2, "minor")
+    # the C major profile against its own pitch classes reads exactly its Pearson correlation
+    chroma = torch.tensor(KEY_PROFILES["major"])[None, :, None].expand(1, 12, 5)
+    corr = key_profile(chroma, torch.tensor([5]))
+    assert corr[0, 0].tolist() == pytest.approx([1.0] * 5, abs=1e-6)
+    a_minor = np.corrcoef(KEY_PROFILES["major"], np.roll(KEY_PROFILES["minor"], 9))[0, 1]
+    assert corr[0, 21, 0].item() == pytest.approx(a_minor, abs=1e-6)
+
+
+def test_key_profile_is_zero_without_pitch_and_past_the_end():
+    from bagpiper_lib.encoders.mel import key_profile
+
+    chroma = torch.zeros(2, 12, 300)
+    chroma[0, [0, 4, 7], :] = 1.0
+    chroma[1, [0, 4, 7], :] = 1.0
+    chroma[1, [1, 5, 8], 100:] = 5.0  # past the second item's end: ignored
+    corr = key_profile(chroma, torch.tensor([300, 100]))
+    assert corr[1, :, 100:].abs().sum() == 0
+    torch.testing.assert_close(corr[1, :, :100], corr[0, :, :100], rtol=0, atol=1e-6)
+    assert key_profile(torch.zeros(1, 12, 50), torch.tensor([50])).abs().sum() == 0
+
+
+def test_peak_energy_is_the_loudest_frame_in_the_window_and_zero_past_the_end():
+    from bagpiper_lib.encoders.mel import peak_energy
+
+    energy = torch.zeros(2, 400)
+    energy[0, 50], energy[0, 300] = 0.9, 0.4
+    energy[1, 10], energy[1, 250] = 0.3, 0.8  # frame 250 lies past the second item's 200 frames
+    peak = peak_energy(energy, torch.tensor([400, 200]))
+    assert (peak[0, :151] == 0.9).all() and (peak[0, 151:200] == 0).all() and (peak[0, 200:] == 0.4).all()
+    assert (peak[1, :111] == 0.3).all() and (peak[1, 111:] == 0).all()
+    # a short loud click reads in every frame of a second around it, whatever its length
+    mel = LogMelSpectrogram(64, n_fft=1024)
+    click = torch.zeros(48000)
+    click[24000:24160] = 0.5 * torch.randn(160, generator=torch.Generator().manual_seed(0))  # frame 150
+    _, frames, level = mel(click[None], with_energy=True)
+    around = peak_energy(level, frames)[0]
+    assert around[52:249].min() == level[0].max()
+    assert around[:45].max() < level[0].max() and around[256:].max() < level[0].max()
+
+
+def test_mel_encoder_tempogram_key_profile_and_peak_energy_are_appended_last_and_saved(tmp_path):
+    from bagpiper_lib.encoders.mel import (
+        KEY_TEMPERATURE,
+        MelEncoder,
+        key_profile,
+        onset_strength,
+        peak_energy,
+        tempogram,
+    )
+
+    enc = MelEncoder(
+        n_mels=64,
+        n_fft=1024,
+        log_energy=True,
+        chroma=True,
+        tempogram=True,
+        key_profile=True,
+        peak_energy=True,
+    )
+    assert enc.output_dim == 64 + 1 + 12 + 55 + 24 + 1 and enc.scale.shape == (157,)
+    wav = (_tone_bursts(0.25) + 0.5 * _harmonic(60, seconds=2.0))[None]
+    feats, _ = enc(wav)
+    mel, frames, energy, chroma = LogMelSpectrogram(64, n_fft=1024)(wav, with_energy=True, with_chroma=True)
+    torch.testing.assert_close(
+        feats[..., 77:132], tempogram(onset_strength(mel, frames), frames).transpose(1, 2)
+    )
+    keys = key_profile(chroma, frames, temperature=KEY_TEMPERATURE)
+    torch.testing.assert_close(feats[..., 132:156], keys.transpose(1, 2))
+    torch.testing.assert_close(keys.sum(dim=1), torch.ones(1, int(frames[0])))  # a distribution over keys
+    assert int(keys[0, :, 100].argmax()) == 0  # C major
+    torch.testing.assert_close(feats[..., 156], peak_energy(energy, frames))
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.tempogram and again.key_profile and again.peak_energy and again.output_dim == 157
+    assert torch.equal(again(wav)[0], feats)
+    # a padded batch item reads as if alone
+    batch = torch.stack([wav[0], torch.cat([wav[0, :20000], torch.zeros(12000)])])
+    padded, lengths = enc(batch, torch.tensor([32000, 20000]))
+    alone, _ = enc(wav[:, :20000])
+    torch.testing.assert_close(padded[1, : int(lengths[1])], alone[0], rtol=0, atol=1e-5)
+    assert MelEncoder(n_mels=64, n_fft=1024, key_profile=True).output_dim == 88
+    assert MelEncoder(n_mels=64, peak_energy=True).output_dim == 65
+
+
+def test_standardize_gives_zero_mean_unit_variance_and_only_centres_constant_dimensions():
+    from bagpiper_lib.audio import resample
+    from bagpiper_lib.encoders.mel import MelEncoder
+
+    enc = MelEncoder(n_mels=32, n_fft=1024, log_energy=True, tempogram=True, key_profile=True)
+    clips = [_tone_bursts(p, gain=g) for p, g in ((0.2, 0.3), (0.25, 0.05), (0.5, 0.2))]
+    clips += [_harmonic(m, seconds=1.3) for m in (57, 62, 69)]
+    mean, std = enc.standardize(clips, batch_size=4)  # two batches of unequal lengths
+    feats = torch.cat([enc(c)[0][0] for c in clips]).double()  # every frame of every clip
+    varied = std >= 1e-3
+    assert varied.sum() > 100 and (~varied).any()  # some tempogram lags never see a pulse
+    torch.testing.assert_close(feats.mean(0), torch.zeros_like(mean), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        feats[:, varied].std(0, unbiased=False),
+        torch.ones(int(varied.sum()), dtype=torch.float64),
+        rtol=0,
+        atol=1e-4,
+    )
+    assert (enc.scale.detach()[~varied] == 1).all()
+    # the statistics are those of the frames: recomputed from the raw features
+    raw = torch.cat([enc._features(c[None], torch.tensor([c.shape[0]]))[0][0] for c in clips]).double()
+    torch.testing.assert_close(mean, raw.mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(std, raw.std(0, unbiased=False), rtol=0, atol=1e-6)
+    # clips at another rate are resampled first
+    other = MelEncoder(n_mels=32, n_fft=1024, log_energy=True, tempogram=True, key_profile=True)
+    low = [resample(c, SR, 8000) for c in clips]
+    again, _ = other.standardize(low, sample_rate=8000)
+    expected, _ = MelEncoder(
+        n_mels=32, n_fft=1024, log_energy=True, tempogram=True, key_profile=True
+    ).standardize([resample(c, 8000, SR) for c in low])
+    torch.testing.assert_close(again, expected, rtol=0, atol=1e-3)  # the batch is resampled padded
+    with pytest.raises(ValueError, match="standardize needs at least one clip"):
+        enc.standardize([])
+    with pytest.raises(ValueError, match=r"clips must be 1-D waveforms \[N\]; clip 1 is not"):
+        enc.standardize([clips[0], clips[1][None]])
