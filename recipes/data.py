@@ -274,6 +274,7 @@ class BagpiperDataModule(L.LightningDataModule):
         self.cfg_dropout, self.predict_spec, self.seed = cfg_dropout, dict(predict or {}), seed
         self._train = self._val = None
         self.val_records: list[Record] = []
+        self.train_records: list[Record] = []  # set by setup("fit")
 
     def _model(self):
         if self.trainer is None or self.trainer.lightning_module is None:
@@ -301,9 +302,10 @@ class BagpiperDataModule(L.LightningDataModule):
             self._val = FixedBatches(list(stream))  # held-out batches, identical every validation
         if stage in ("fit", None) and self._train is None:
             train, texts = load_records(self.source, "train")
+            self.train_records = encode_records(train, model.codec)
             mixture = TaskMixture(
                 model.builder,
-                encode_records(train, model.codec),
+                self.train_records,
                 texts,
                 ratios=self.tasks,
                 sft=load_sft_items(self.source.get("sft")),

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from bagpiper_lib.audio import resample
 from bagpiper_lib.model import BagpiperModel
 from bagpiper_lib.model.bagpiper import DEFAULT_CONFIG
 
@@ -87,6 +88,12 @@ class BagpiperLitModule(L.LightningModule):
         scheduler: ``{"name": "constant" | "cosine", "warmup_steps", "total_steps", "min_lr_ratio"}``;
             ``total_steps`` defaults to ``trainer.max_steps``.
         gradient_checkpointing: recompute backbone layers in backward.
+        standardize_clips: at the start of a fresh ``fit``, set the encoder's per-dimension
+            normalisation from its features of the first this-many training clips
+            (:meth:`~bagpiper_lib.encoders.mel.MelEncoder.standardize`, global mean-variance
+            normalisation); 0 (default) = off. Needs an encoder with ``standardize`` (``mel``). Skipped
+            with ``init_from`` (the previous stage's normalisation is kept); on resume the checkpoint's
+            weights replace it, so a resumed run continues the same model.
         probe: validation probes on held-out clips (0 clips: off): ``num_clips`` captioned with at most
             ``max_steps`` tokens and scored per attribute; the first ``examples`` reference/generated
             caption pairs and ``audio_examples`` clips synthesised from reference captions (at most
@@ -112,6 +119,7 @@ class BagpiperLitModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         probe: dict[str, Any] | None = None,
+        standardize_clips: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -147,19 +155,54 @@ class BagpiperLitModule(L.LightningModule):
         if gradient_checkpointing:
             self.model.backbone.set_gradient_checkpointing(True)
         self._first_val_loss: float | None = None
+        if (
+            isinstance(standardize_clips, bool)
+            or not isinstance(standardize_clips, int)
+            or standardize_clips < 0
+        ):
+            raise ValueError(f"model.standardize_clips must be an integer >= 0, got {standardize_clips!r}")
+        if standardize_clips and not hasattr(self.model.encoder, "standardize"):
+            raise ValueError(
+                f"model.standardize_clips={standardize_clips} needs an encoder with standardize() (e.g. "
+                f"mel); this model's encoder is {type(self.model.encoder).__name__}"
+            )
+        self.standardize_clips = standardize_clips
+        self.standardized: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        """Before a fresh fit with ``standardize_clips``, normalise the encoder's features over the
+        first training clips (the datamodule's ``train_records``; resampled to the encoder's rate)."""
+        if stage != "fit" or not self.standardize_clips or self.hparams.init_from:
+            return
+        records = getattr(getattr(self.trainer, "datamodule", None), "train_records", None)
+        if records is None:
+            raise ValueError(
+                "model.standardize_clips needs a datamodule with train_records (BagpiperDataModule)"
+            )
+        encoder = self.model.encoder
+        clips = [
+            resample(r.audio.float(), r.sample_rate, encoder.sample_rate)
+            for r in records
+            if r.audio is not None
+        ][: self.standardize_clips]
+        if not clips:
+            raise ValueError(
+                "model.standardize_clips: the training records hold no audio to take statistics from"
+            )
+        self.standardized = encoder.standardize(clips)
+
     def _init_from(self, path: str):
         path = Path(path)
         if path.is_dir():
-            from safetensors.torch import load_file
-
-            state = load_file(str(path / "model.safetensors"))
-            return self.model.load_own_state(state)
-        if not path.is_file():
+            # the components (encoder, backbone, codec) live in sub-directories beside the model's own
+            # tensors: rebuild the saved model whole and take every tensor from it
+            state = BagpiperModel.from_pretrained(path, strict=False).state_dict()
+        elif not path.is_file():
             raise FileNotFoundError(f"model.init_from={str(path)!r} does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         own = self.model.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)

@@ -109,7 +109,8 @@ def test_dotted_overrides_into_component_configs_keep_their_types():
     ]
     cli = main(args, run=False)
     encoder = cli.model.model.encoder
-    assert encoder.mel.n_mels == 96 and encoder.output_dim == 96 + encoder.log_energy
+    assert encoder.mel.n_mels == 96 and encoder.output_dim == 96 + 1 + 12 + 55 + 24 + 1  # the demo's extras
+    assert encoder.log_energy and encoder.chroma and encoder.tempogram and encoder.key_profile
     demo = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["model"]["backbone"]["config"]
     assert cli.model.hparams["backbone"]["config"] == {
         **demo,
@@ -309,3 +310,45 @@ def test_unfreezing_a_pretrained_encoder_warns(tmp_path):
         frozen = BagpiperLitModule(**tiny, encoder=pretrained, freeze={"encoder": True})
         BagpiperLitModule(**tiny, encoder={"name": "mel", "n_mels": 32}, freeze={"encoder": False})
     assert not any(p.requires_grad for p in frozen.model.encoder.parameters())
+
+
+def test_fit_standardizes_the_encoder_over_the_first_training_clips(straight):
+    """demo.yaml's ``standardize_clips`` sets the mel encoder's affine from the first training clips
+    before the first step (all 24 of the short run's)."""
+    from bagpiper_lib import encoders
+
+    tmp, cli = straight
+    records = cli.datamodule.train_records
+    assert len(records) == 24 and cli.model.standardize_clips > 24
+    mean, std = cli.model.standardized
+    spec = dict(cli.config.fit.model.encoder)
+    fresh = encoders.build(spec)
+    expected_mean, expected_std = fresh.standardize([r.audio for r in records])
+    torch.testing.assert_close(mean, expected_mean, rtol=0, atol=1e-9)
+    torch.testing.assert_close(std, expected_std, rtol=0, atol=1e-9)
+    assert (std > 0.05).sum() > 100  # the mel bins and most extras vary
+
+
+def test_standardize_clips_is_checked_and_kept_from_the_previous_stage(tmp_path):
+    from bagpiper_lib.model import PRESETS
+    from recipes.module import BagpiperLitModule
+
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if k in ("codec", "backbone", "tokenizer")}
+    mel = {"name": "mel", "n_mels": 32}
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="model.standardize_clips must be an integer >= 0"):
+            BagpiperLitModule(**tiny, encoder=mel, standardize_clips=bad)
+    with pytest.raises(ValueError, match="standardize_clips=8 needs an encoder with standardize"):
+        BagpiperLitModule(**tiny, encoder=PRESETS["tiny"]["encoder"], standardize_clips=8)
+    previous = BagpiperLitModule(**tiny, encoder=mel)
+    with torch.no_grad():
+        previous.model.encoder.scale.fill_(3.0)
+        for p in previous.model.backbone.parameters():
+            p.add_(0.5)
+    previous.model.save_pretrained(tmp_path / "stage1")
+    lit = BagpiperLitModule(**tiny, encoder=mel, init_from=str(tmp_path / "stage1"), standardize_clips=8)
+    lit.setup("fit")  # with init_from the previous stage's normalisation stays
+    assert lit.standardized is None and (lit.model.encoder.scale == 3.0).all()
+    # a save_pretrained directory hands over every tensor, the components' included
+    for key, value in previous.model.state_dict().items():
+        assert torch.equal(lit.model.state_dict()[key], value), key
