@@ -442,6 +442,10 @@ class MelEncoder(AudioEncoder):
             from the fundamentals up, a short one from the upper partials only.
         peak_energy: append the loudest frame's log power within +-1 s (:func:`peak_energy`),
             ``output_dim += 1``: the level of a short event in every frame around it.
+        chroma_n_fft: the window of the pitch classes (``chroma`` and ``key_profile``) when it should
+            differ from ``n_fft`` (default: ``n_fft``). At 2048 samples (128 ms) a semitone is resolved
+            from 131 Hz up, so low notes count by their fundamentals, while the mel bins keep the
+            shorter window's timing. Items must then be longer than ``chroma_n_fft // 2`` samples.
         trainable: train the affine (default ``True``: it is cheap and starts as the identity, or as
             the normalisation :meth:`standardize` sets from a corpus).
 
@@ -464,6 +468,7 @@ class MelEncoder(AudioEncoder):
         tempogram: bool = False,
         key_profile: bool = False,
         peak_energy: bool = False,
+        chroma_n_fft: int | None = None,
         trainable: bool = True,
     ):
         super().__init__()
@@ -483,9 +488,24 @@ class MelEncoder(AudioEncoder):
             tempogram = bool(saved.get("tempogram", False))
             key_profile = bool(saved.get("key_profile", False))
             peak_energy = bool(saved.get("peak_energy", False))
+            chroma_n_fft = saved.get("chroma_n_fft")
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
+        if chroma_n_fft is not None and (
+            isinstance(chroma_n_fft, bool) or not isinstance(chroma_n_fft, int) or chroma_n_fft < 160
+        ):
+            raise ValueError(
+                f"chroma_n_fft must be an integer >= 160 (the hop) or null, got {chroma_n_fft!r}"
+            )
+        self.chroma_n_fft = chroma_n_fft
+        # the pitch classes from their own, longer window: a semitone is 7.8 Hz at 131 Hz, which a
+        # 2048-sample window resolves and the 1024-sample window of the mel bins does not
+        self.chroma_stft = (
+            LogMelSpectrogram(1, sample_rate=self.sample_rate, n_fft=chroma_n_fft)
+            if chroma_n_fft is not None and chroma_n_fft != n_fft
+            else None
+        )
         self.log_energy = bool(log_energy)
         self.onset_strength = bool(onset_strength)
         self.chroma = bool(chroma)
@@ -530,18 +550,22 @@ class MelEncoder(AudioEncoder):
                 f"audio of {wav.shape[-1]} samples exceeds max_seconds={self.max_seconds:g} "
                 f"({limit} samples at {self.sample_rate} Hz); split it or raise max_seconds"
             )
+        wants_chroma = self.chroma or self.key_profile
         feats, frames, *more = self.mel(
             wav.float(),
             lengths,
             with_energy=self.log_energy or self.peak_energy,
-            with_chroma=self.chroma or self.key_profile,
+            with_chroma=wants_chroma and self.chroma_stft is None,
         )
         energy = more.pop(0) if self.log_energy or self.peak_energy else None
         extra = [energy[:, None]] if self.log_energy else []
         flux = onset_strength(feats, frames) if self.onset_strength or self.tempogram else None
         if self.onset_strength:
             extra.append(flux[:, None])
-        chroma = more.pop(0) if self.chroma or self.key_profile else None
+        chroma = None
+        if wants_chroma:
+            own = self.chroma_stft is None
+            chroma = more.pop(0) if own else self.chroma_stft(wav.float(), lengths, with_chroma=True)[2]
         if self.chroma:
             extra.append(chroma)
         if self.tempogram:
@@ -611,6 +635,7 @@ class MelEncoder(AudioEncoder):
             "tempogram": self.tempogram,
             "key_profile": self.key_profile,
             "peak_energy": self.peak_energy,
+            "chroma_n_fft": self.chroma_n_fft,
             "max_seconds": self.max_seconds,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))

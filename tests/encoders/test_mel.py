@@ -525,3 +525,29 @@ def test_standardize_gives_zero_mean_unit_variance_and_only_centres_constant_dim
         enc.standardize([])
     with pytest.raises(ValueError, match=r"clips must be 1-D waveforms \[N\]; clip 1 is not"):
         enc.standardize([clips[0], clips[1][None]])
+
+
+def test_chroma_n_fft_reads_low_notes_by_their_fundamental_and_is_saved(tmp_path):
+    from bagpiper_lib.encoders.mel import PITCH_CLASSES, MelEncoder
+
+    t = torch.arange(SR) / SR
+    low_d = (0.3 * torch.sin(2 * math.pi * 146.83 * t))[None]  # D3, a pure tone: no partials above it
+    short = MelEncoder(n_mels=64, n_fft=1024, chroma=True)
+    long = MelEncoder(n_mels=64, n_fft=1024, chroma=True, chroma_n_fft=2048)
+    assert short.output_dim == long.output_dim == 76
+    # 1024 samples resolve semitones only above 262 Hz: what they read is the window's leakage into the
+    # lowest resolved bins (C4 at 265.6 Hz), not the tone's D
+    misread = short(low_d)[0][0, 10:-10, 64:]
+    assert {PITCH_CLASSES[int(i)] for i in misread.argmax(dim=1)} == {"C"}
+    chroma = long(low_d)[0][0, 10:-10, 64:]
+    assert {PITCH_CLASSES[int(i)] for i in chroma.argmax(dim=1)} == {"D"}
+    # the mel bins keep the 1024-sample window
+    torch.testing.assert_close(long(low_d)[0][..., :64], short(low_d)[0][..., :64], rtol=0, atol=0)
+    expected = LogMelSpectrogram(1, n_fft=2048)(low_d, with_chroma=True)[2]
+    torch.testing.assert_close(long(low_d)[0][..., 64:], expected.transpose(1, 2), rtol=0, atol=0)
+    again = MelEncoder(long.save_pretrained(tmp_path / "mel"))
+    assert again.chroma_n_fft == 2048 and torch.equal(again(low_d)[0], long(low_d)[0])
+    assert MelEncoder(n_mels=8, chroma_n_fft=400).chroma_stft is None  # the mel window already
+    for bad in (100, True, 512.0):
+        with pytest.raises(ValueError, match="chroma_n_fft must be an integer >= 160"):
+            MelEncoder(n_mels=8, chroma=True, chroma_n_fft=bad)
