@@ -181,11 +181,8 @@ class BagpiperLitModule(L.LightningModule):
                 "model.standardize_clips needs a datamodule with train_records (BagpiperDataModule)"
             )
         encoder = self.model.encoder
-        clips = [
-            resample(r.audio.float(), r.sample_rate, encoder.sample_rate)
-            for r in records
-            if r.audio is not None
-        ][: self.standardize_clips]
+        chosen = [r for r in records if r.audio is not None][: self.standardize_clips]
+        clips = [resample(r.audio.float(), r.sample_rate, encoder.sample_rate) for r in chosen]
         if not clips:
             raise ValueError(
                 "model.standardize_clips: the training records hold no audio to take statistics from"
