@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resample", "prepare_audio", "load_audio", "save_audio"]
+__all__ = ["resample", "prepare_audio", "pad_waveforms", "load_audio", "save_audio"]
 
 
 @lru_cache(maxsize=32)
@@ -79,6 +79,15 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     y = F.conv1d(x, kernel.to(device=wav.device, dtype=compute_dtype), stride=down)  # [M, up, n_steps]
     y = y.transpose(1, 2).reshape(x.shape[0], -1)[:, :n_out]
     return y.to(wav.dtype).reshape(*lead, n_out)
+
+
+def pad_waveforms(wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D waveforms ``[N_i]`` -> a zero-padded float32 batch ``[B, max N_i]`` and ``lengths [B]`` (long)."""
+    lengths = torch.tensor([w.shape[0] for w in wavs])
+    batch = torch.zeros(len(wavs), int(lengths.max()))
+    for row, wav in enumerate(wavs):
+        batch[row, : wav.shape[0]] = wav
+    return batch, lengths
 
 
 def prepare_audio(

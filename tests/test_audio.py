@@ -327,3 +327,12 @@ def test_load_audio_empty_file_names_it(tmp_path):
     sf.write(str(path), np.zeros(0, dtype=np.float32), 16000, subtype="PCM_16")
     with pytest.raises(ValueError, match=r"audio file '.*empty\.wav' is empty"):
         load_audio(path)
+
+
+def test_pad_waveforms_zero_pads_to_the_longest_and_counts_lengths():
+    from bagpiper_lib.audio import pad_waveforms
+
+    wavs = [torch.ones(3, dtype=torch.float64), torch.arange(5.0), torch.full((1,), -0.5)]
+    batch, lengths = pad_waveforms(wavs)
+    assert batch.dtype == torch.float32 and lengths.tolist() == [3, 5, 1]
+    assert batch.tolist() == [[1, 1, 1, 0, 0], [0, 1, 2, 3, 4], [-0.5, 0, 0, 0, 0]]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bagpiper_lib.audio import pad_waveforms
 from bagpiper_lib.data.manifest import CODE_FILES, AudioLoader, safe_stem, write_manifest
 from bagpiper_lib.data.records import Record
 
@@ -173,10 +174,7 @@ def _batches(items: list, batch_size: int, by_length: bool, audio: int = 3) -> I
 def _encode(
     codec: torch.nn.Module, wavs: list[torch.Tensor], sample_rate: int | None = None
 ) -> list[torch.Tensor]:
-    lengths = torch.tensor([w.shape[0] for w in wavs])
-    batch = torch.zeros(len(wavs), int(lengths.max()))
-    for row, wav in enumerate(wavs):
-        batch[row, : wav.shape[0]] = wav
+    batch, lengths = pad_waveforms(wavs)
     codes, frames = codec.encode(batch, lengths, sample_rate=sample_rate)
     return [codes[row, :, : int(frames[row])].cpu() for row in range(len(wavs))]
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bagpiper_lib.audio import prepare_audio
+from bagpiper_lib.audio import pad_waveforms, prepare_audio
 from bagpiper_lib.encoders.base import AudioEncoder
 
 __all__ = [
@@ -265,7 +265,7 @@ class LogMelSpectrogram(nn.Module):
         )
         power = stft[..., :-1].abs().pow(2)  # [B, n_freqs, T]: drop the last frame
         frames = self.num_frames(lengths)
-        valid = torch.arange(power.shape[-1], device=wav.device)[None] < frames[:, None]  # [B, T]
+        valid = _frame_mask(frames, power.shape[-1])  # [B, T]
         log_spec = torch.matmul(filters, power).clamp(min=1e-10).log10()  # [B, n_mels, T]
         feats = self._scale(log_spec, valid[:, None])
         out = [feats, frames]
@@ -303,6 +303,11 @@ class LogMelSpectrogram(nn.Module):
         )
 
 
+def _frame_mask(frames: torch.Tensor, steps: int) -> torch.Tensor:
+    """``[B, steps]`` bool: frame ``t`` of item ``b`` is valid (``t < frames[b]``)."""
+    return torch.arange(steps, device=frames.device)[None] < frames[:, None]
+
+
 def onset_strength(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """Spectral flux ``[B, T]`` of log-mel ``feats [B, n_mels, T]`` with ``frames [B]`` valid frames.
 
@@ -313,7 +318,7 @@ def onset_strength(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """
     rise = (feats[..., 1:] - feats[..., :-1]).clamp(min=0.0).mean(dim=1)  # [B, T - 1]
     flux = torch.nn.functional.pad(rise, (1, 0))
-    valid = torch.arange(flux.shape[-1], device=flux.device)[None] < frames[:, None]
+    valid = _frame_mask(frames, flux.shape[-1])
     return flux * valid
 
 
@@ -338,7 +343,7 @@ def tempogram(
     windows without onsets, read 0.
     """
     steps = flux.shape[-1]
-    valid = torch.arange(steps, device=flux.device)[None] < frames[:, None]
+    valid = _frame_mask(frames, steps)
     o = flux * valid
     shifted = torch.stack(
         [
@@ -360,7 +365,7 @@ def peak_energy(energy: torch.Tensor, frames: torch.Tensor, half: int = CONTEXT_
     around it, as a clip's stated loudness is the level of its loudest moment.
     """
     steps = energy.shape[-1]
-    valid = torch.arange(steps, device=energy.device)[None] < frames[:, None]
+    valid = _frame_mask(frames, steps)
     masked = torch.nn.functional.pad(
         energy.masked_fill(~valid, float("-inf")), (half, half), value=float("-inf")
     )
@@ -385,7 +390,7 @@ def key_profile(
     of entries, which a linear layer reads, where from the correlations they are a maximum over rows.
     """
     steps = chroma.shape[-1]
-    valid = (torch.arange(steps, device=chroma.device)[None] < frames[:, None]).to(chroma.dtype)
+    valid = _frame_mask(frames, steps).to(chroma.dtype)
     mean = _window_sum(chroma * valid[:, None], half) / _window_sum(valid, half).clamp(min=1.0)[:, None]
     centred = mean - mean.mean(dim=1, keepdim=True)
     norm = centred.norm(dim=1, keepdim=True)
@@ -492,11 +497,12 @@ class MelEncoder(AudioEncoder):
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
+        hop = self.mel.hop_length
         if chroma_n_fft is not None and (
-            isinstance(chroma_n_fft, bool) or not isinstance(chroma_n_fft, int) or chroma_n_fft < 160
+            isinstance(chroma_n_fft, bool) or not isinstance(chroma_n_fft, int) or chroma_n_fft < hop
         ):
             raise ValueError(
-                f"chroma_n_fft must be an integer >= 160 (the hop) or null, got {chroma_n_fft!r}"
+                f"chroma_n_fft must be an integer >= {hop} (the hop) or null, got {chroma_n_fft!r}"
             )
         self.chroma_n_fft = chroma_n_fft
         # the pitch classes from their own, longer window: a semitone is 7.8 Hz at 131 Hz, which a
@@ -540,7 +546,7 @@ class MelEncoder(AudioEncoder):
 
     @staticmethod
     def _valid(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        return (torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None])[..., None]
+        return _frame_mask(frames, feats.shape[1])[..., None]
 
     def _features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The features before the affine, ``[B, T, output_dim]`` float32 (0 past each item's frames)."""
@@ -601,11 +607,7 @@ class MelEncoder(AudioEncoder):
         squares, count = torch.zeros_like(total), 0
         order = sorted(range(len(clips)), key=lambda i: clips[i].shape[0])  # little padding per batch
         for start in range(0, len(order), batch_size):
-            group = [clips[i] for i in order[start : start + batch_size]]
-            lengths = torch.tensor([c.shape[0] for c in group])
-            wav = torch.zeros(len(group), int(lengths.max()))
-            for row, clip in enumerate(group):
-                wav[row, : clip.shape[0]] = clip.float()
+            wav, lengths = pad_waveforms([clips[i] for i in order[start : start + batch_size]])
             wav, lengths = prepare_audio(wav, lengths, sample_rate, self.sample_rate)
             feats, frames = self._features(wav.to(self.scale.device), lengths.to(self.scale.device))
             valid = feats[self._valid(feats, frames)[..., 0]].double().cpu()  # [frames, output_dim]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bagpiper_lib import encoders
-from bagpiper_lib.audio import resample
+from bagpiper_lib.audio import pad_waveforms, resample
 from bagpiper_lib.encoders.base import AudioEncoder
 from bagpiper_lib.evaluation.metrics import normalize_text
 
@@ -143,10 +143,7 @@ class EncoderAudioEmbedder(nn.Module):
         pooled = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
-            lengths = torch.tensor([w.numel() for w in chunk])
-            batch = torch.zeros(len(chunk), int(lengths.max()))
-            for row, wav in enumerate(chunk):
-                batch[row, : wav.numel()] = wav
+            batch, lengths = pad_waveforms(chunk)
             feats, frames = self.encoder(batch, lengths, sample_rate=sample_rate)
             frames = frames.to(feats.device)
             if (frames <= 0).any():
