@@ -551,3 +551,147 @@ def test_chroma_n_fft_reads_low_notes_by_their_fundamental_and_is_saved(tmp_path
     for bad in (100, True, 512.0):
         with pytest.raises(ValueError, match="chroma_n_fft must be an integer >= 160"):
             MelEncoder(n_mels=8, chroma=True, chroma_n_fft=bad)
+
+
+def test_opening_chroma_averages_the_first_loud_frames_of_each_item():
+    from bagpiper_lib.encoders.mel import opening_chroma
+
+    chroma = torch.zeros(2, 12, 60)
+    energy = torch.full((2, 60), -2.0)  # silence on the features' scale
+    energy[:, 10:20] = 0.2  # a faint lead-in, more than 30 dB (0.75) under the loudest: not the opening
+    energy[:, 20:] = 1.0
+    chroma[:, 0, 10:20] = 1.0  # the lead-in's C does not count
+    chroma[:, 9, 20:35] = 1.0  # A for the 15 frames from where the sound begins
+    chroma[:, 4, 35:] = 1.0  # then E
+    chroma[:, 7, 30:35] = 0.5  # G beside A in the opening's last five frames
+    frames = torch.tensor([60, 25])
+    energy[1, 25:] = 9.0  # louder than anything, but past the second item's 25 frames: ignored
+    opening = opening_chroma(chroma, energy, frames)
+    expected = torch.zeros(2, 12)
+    expected[0, 9], expected[0, 7] = 1.0, 0.5 * 5 / 15
+    expected[1, 9] = 1.0  # frames 20-24 only: the item ends there
+    torch.testing.assert_close(opening, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(opening_chroma(chroma, energy, frames, span=5)[0], torch.eye(12)[9])
+    # within 30 dB of the loudest counts: the lead-in at 0.3 is where the sound begins
+    energy[0, 10:20] = 0.3
+    torch.testing.assert_close(opening_chroma(chroma, energy, frames, span=10)[0], torch.eye(12)[0])
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="span must be a positive number of frames"):
+            opening_chroma(chroma, energy, frames, span=bad)
+
+
+def test_key_profile_opening_tells_a_major_key_from_its_relative_minor():
+    from bagpiper_lib.encoders.mel import KEY_PROFILES, key_profile
+
+    chroma = torch.zeros(1, 12, 40)
+    chroma[0, [0, 2, 4, 5, 7, 9, 11]] = 1.0  # the white keys: C major and A minor alike
+    frames = torch.tensor([40])
+    plain = key_profile(chroma, frames)
+    on_a, on_c = (
+        key_profile(chroma, frames, opening=torch.eye(12)[[9]]),
+        key_profile(chroma, frames, opening=torch.eye(12)[[0]]),
+    )
+    assert int(on_a[0, :, 20].argmax()) == 12 + 9 and int(on_c[0, :, 20].argmax()) == 0  # A minor, C major
+    # exactly the passage's correlations plus opening_weight times the opening's own (Pearson)
+    a_as = [
+        np.corrcoef(np.eye(12)[9], np.roll(KEY_PROFILES[m], k))[0, 1]
+        for m in ("major", "minor")
+        for k in range(12)
+    ]
+    torch.testing.assert_close(
+        key_profile(chroma, frames, opening=torch.eye(12)[[9]], opening_weight=2.0),
+        plain + 2.0 * torch.tensor(a_as, dtype=torch.float32)[None, :, None],
+        rtol=0,
+        atol=1e-5,
+    )
+    # an opening without pitch adds nothing; frames without pitch still read 0
+    torch.testing.assert_close(key_profile(chroma, frames, opening=torch.zeros(1, 12)), plain)
+    chroma[0, :, 30:] = 0.0
+    torch.testing.assert_close(
+        key_profile(chroma, frames, half=2, opening=torch.eye(12)[[9]])[0, :, 33:], torch.zeros(24, 7)
+    )
+    with pytest.raises(ValueError, match=r"opening must be \[B, 12\] = \[1, 12\] pitch classes"):
+        key_profile(chroma, frames, opening=torch.zeros(12))
+
+
+def test_mel_encoder_key_opening_weight_finds_the_key_of_short_melodies_and_is_saved(tmp_path):
+    from bagpiper_lib.data.synthetic import generate
+    from bagpiper_lib.encoders.mel import (
+        KEY_TEMPERATURE,
+        PITCH_CLASSES,
+        MelEncoder,
+        key_profile,
+        opening_chroma,
+    )
+
+    enc = MelEncoder(n_mels=16, n_fft=1024, key_profile=True, chroma_n_fft=2048, key_opening_weight=0.5)
+    assert enc.output_dim == 16 + 24  # the energy it reads is not appended
+    wav = torch.cat([_harmonic(m, seconds=0.25) for m in (57, 60, 64, 62, 60, 59)])[None]  # A C E D C B
+    feats, _ = enc(wav)
+    _, frames, energy = LogMelSpectrogram(16, n_fft=1024)(wav, with_energy=True)
+    chroma = LogMelSpectrogram(1, n_fft=2048)(wav, with_chroma=True)[2]
+    expected = key_profile(
+        chroma,
+        frames,
+        temperature=KEY_TEMPERATURE,
+        opening=opening_chroma(chroma, energy, frames),
+        opening_weight=0.5,
+    )
+    torch.testing.assert_close(feats[..., 16:], expected.transpose(1, 2))
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.key_opening_weight == 0.5 and torch.equal(again(wav)[0], feats)
+    batch = torch.stack([wav[0], torch.cat([wav[0, :14000], torch.zeros(10000)])])
+    padded, lengths = enc(batch, torch.tensor([24000, 14000]))
+    torch.testing.assert_close(padded[1, : int(lengths[1])], enc(wav[:, :14000])[0][0], rtol=0, atol=1e-5)
+    # 60 held-out synthetic music clips (each opens on its tonic): the clip's mean key distribution
+    clips = generate(
+        60, seed=3, categories=["music"], duration=(1.0, 1.5), mixture_fraction=0.0, split="test"
+    )
+
+    def right(weight):
+        model = MelEncoder(
+            n_mels=16, n_fft=1024, key_profile=True, chroma_n_fft=2048, key_opening_weight=weight
+        )
+        keys = modes = 0
+        for clip in clips:
+            row = int(model(torch.as_tensor(clip.audio, dtype=torch.float32))[0][0, :, 16:].mean(0).argmax())
+            keys += PITCH_CLASSES[row % 12] == clip.params["key"]
+            modes += ("major", "minor")[row // 12] == clip.params["mode"]
+        return keys, modes
+
+    (keys, modes), (keys_before, modes_before) = right(0.5), right(0.0)
+    assert keys >= 52 and keys >= keys_before + 6 and modes >= modes_before
+    for bad in (-0.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="key_opening_weight must be a finite number >= 0"):
+            MelEncoder(n_mels=16, n_fft=1024, key_profile=True, key_opening_weight=bad)
+    with pytest.raises(ValueError, match="set key_profile: true as well"):
+        MelEncoder(n_mels=16, n_fft=1024, key_opening_weight=0.5)
+
+
+def test_mel_encoder_key_mode_is_minor_minus_major_mass_and_is_saved(tmp_path):
+    from bagpiper_lib.encoders.mel import MelEncoder
+
+    enc = MelEncoder(n_mels=16, n_fft=1024, key_profile=True, peak_energy=True, key_mode=True)
+    assert enc.output_dim == 16 + 24 + 1 + 1
+    silence = torch.zeros(8000)  # 0.5 s without pitch before the notes
+    minor = torch.cat([silence] + [_harmonic(m, seconds=0.25) for m in (57, 60, 64, 60, 57)])[
+        None
+    ]  # A C E C A
+    major = torch.cat([silence] + [_harmonic(m, seconds=0.25) for m in (60, 64, 67, 64, 60)])[
+        None
+    ]  # C E G E C
+    for wav, low, high in ((minor, 0.5, 1.0), (major, -1.0, -0.2)):
+        feats = enc(wav)[0][0]
+        keys = feats[:, 16:40]
+        torch.testing.assert_close(feats[:, -1], keys[:, 12:].sum(1) - keys[:, :12].sum(1))
+        # where the +-1 s window holds the whole arpeggio: minor / major
+        assert low < feats[80:150, -1].min() and feats[80:150, -1].max() < high
+        assert (feats[:, -1].abs() <= 1 + 1e-6).all()
+    # a clip without pitch reads 0 (undecided), not the major end
+    assert MelEncoder(n_mels=16, key_profile=True, key_mode=True)(silence)[0][0, :, -1].abs().max() == 0
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.key_mode and torch.equal(again(minor)[0], enc(minor)[0])
+    with pytest.raises(
+        ValueError, match="key_mode reads the key profile's distribution; set key_profile: true"
+    ):
+        MelEncoder(n_mels=16, key_mode=True)
