@@ -36,6 +36,7 @@ __all__ = [
     "LogMelSpectrogram",
     "MelEncoder",
     "chroma_filter_bank",
+    "event_starts",
     "key_profile",
     "mel_filter_bank",
     "onset_strength",
@@ -51,6 +52,9 @@ KEY_TEMPERATURE = 0.1  # MelEncoder's key_profile: a distribution over the 24 ke
 CONTEXT_FRAMES = 100  # half-width of the tempogram / key-profile window: +-1 s around each frame
 OPENING_FRAMES = 15  # opening_chroma: the first 0.15 s of sound (shorter than an eighth note at 150 BPM)
 OPENING_DB = 30.0  # opening_chroma: the sound begins at the first frame within 30 dB of the loudest
+EVENT_DB = 20.0  # event_starts: an event is within 20 dB of the loudest frame (or half-way up from the floor)
+EVENT_COUNT_MAX = 4  # MelEncoder's event_count: one-hot over 0, 1, 2, 3 and 4 or more events
+EVENT_HYSTERESIS_DB = 6.0  # event_starts: it ends only 6 dB under that, so a wobble is not a new event
 # Krumhansl-Kessler probe-tone profiles, C major and C minor (C, C#, ..., B): how well each pitch class
 # fits the key, the standard templates of MIR key finding.
 KEY_PROFILES = {
@@ -377,6 +381,38 @@ def peak_energy(energy: torch.Tensor, frames: torch.Tensor, half: int = CONTEXT_
     return torch.where(valid, peak, 0.0)
 
 
+def event_starts(
+    energy: torch.Tensor,
+    frames: torch.Tensor,
+    level_db: float = EVENT_DB,
+    hysteresis_db: float = EVENT_HYSTERESIS_DB,
+) -> torch.Tensor:
+    """Where sound events begin: ``[B, T]`` bool, true at the first frame of each event.
+
+    ``energy [B, T]`` is :meth:`LogMelSpectrogram.forward`'s (its scale reads 40 dB as 1). Per item,
+    over its ``frames[b]`` valid frames, an event is a run of frames at or above
+    ``peak - min(level_db, (peak - floor) / 2)`` (``peak`` the loudest frame, ``floor`` the 10th
+    percentile: the background), and it ends when the energy falls ``hysteresis_db`` under that, so a
+    loud event's own wobble does not count twice while a background between events resets it. Events
+    of one clip then count alike whatever their kind (a 3 ms click, a swept tone, a decaying thud),
+    which the mel bins show only as a pattern across frames.
+    """
+    steps = energy.shape[-1]
+    valid = _frame_mask(frames, steps)
+    level = energy.masked_fill(~valid, float("inf"))
+    ordered = level.sort(dim=1).values
+    floor = ordered.gather(1, ((frames.clamp(min=1) - 1) // 10)[:, None])  # the 10th percentile
+    peak = energy.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)
+    up = peak - torch.minimum(torch.full_like(peak, level_db / 40.0), (peak - floor) / 2)
+    state = torch.where(energy >= up, 1, torch.where(energy < up - hysteresis_db / 40.0, -1, 0)) * valid
+    # each frame's last decided state (above, or under the hysteresis), carried over undecided frames
+    t = torch.arange(steps, device=energy.device).expand_as(state)
+    last = torch.where(state != 0, t, -1).cummax(dim=1).values  # [B, T]
+    before = torch.nn.functional.pad(last[:, :-1], (1, 0), value=-1)
+    previous = torch.where(before >= 0, state.gather(1, before.clamp(min=0)), -1)
+    return (state == 1) & (previous != 1) & valid
+
+
 def opening_chroma(
     chroma: torch.Tensor, energy: torch.Tensor, frames: torch.Tensor, span: int = OPENING_FRAMES
 ) -> torch.Tensor:
@@ -511,6 +547,12 @@ class MelEncoder(AudioEncoder):
             It is a sum of the key profile's entries, which a linear layer could form, but the demo's
             tiny LM, trained for minutes, read the mode from the 24 entries for 62-70 % of held-out
             music clips and from this one feature for 87-88 %. Needs ``key_profile``.
+        event_count: append how many sound events begin within +-1 s (:func:`event_starts`: rises of
+            the frame energy to within 20 dB of the clip's loudest), one-hot over 0, 1, 2, 3 and
+            ``EVENT_COUNT_MAX`` (4) or more, ``output_dim += 5``. A tower trained on sound events tells
+            one event from two; the log-mel frames show each event, and the count only across them.
+            The demo's LM named the count of held-out sound clips for 51 % from the mel frames, 62 %
+            from the count as one number and 74 % from it one-hot.
         chroma_n_fft: the window of the pitch classes (``chroma`` and ``key_profile``) when it should
             differ from ``n_fft`` (default: ``n_fft``). At 2048 samples (128 ms) a semitone is resolved
             from 131 Hz up, so low notes count by their fundamentals, while the mel bins keep the
@@ -519,7 +561,7 @@ class MelEncoder(AudioEncoder):
             the normalisation :meth:`standardize` sets from a corpus).
 
     The extras are appended after the mel bins in this order: log energy, onset strength, chroma,
-    tempogram, key profile, peak energy, key mode (each only when on).
+    tempogram, key profile, peak energy, key mode, event count (each only when on).
     """
 
     sample_rate = 16000
@@ -540,6 +582,7 @@ class MelEncoder(AudioEncoder):
         chroma_n_fft: int | None = None,
         key_opening_weight: float = 0.0,
         key_mode: bool = False,
+        event_count: bool = False,
         trainable: bool = True,
     ):
         super().__init__()
@@ -562,6 +605,7 @@ class MelEncoder(AudioEncoder):
             chroma_n_fft = saved.get("chroma_n_fft")
             key_opening_weight = float(saved.get("key_opening_weight", 0.0))
             key_mode = bool(saved.get("key_mode", False))
+            event_count = bool(saved.get("event_count", False))
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
@@ -602,6 +646,7 @@ class MelEncoder(AudioEncoder):
         self.key_profile = bool(key_profile)
         self.peak_energy = bool(peak_energy)
         self.key_mode = bool(key_mode)
+        self.event_count = bool(event_count)
         self.output_dim = (
             n_mels
             + int(self.log_energy)
@@ -611,6 +656,7 @@ class MelEncoder(AudioEncoder):
             + 24 * int(self.key_profile)
             + int(self.peak_energy)
             + int(self.key_mode)
+            + (EVENT_COUNT_MAX + 1) * int(self.event_count)
         )
         self.scale = nn.Parameter(torch.ones(self.output_dim))
         self.shift = nn.Parameter(torch.zeros(self.output_dim))
@@ -642,7 +688,7 @@ class MelEncoder(AudioEncoder):
                 f"({limit} samples at {self.sample_rate} Hz); split it or raise max_seconds"
             )
         wants_chroma = self.chroma or self.key_profile
-        wants_energy = self.log_energy or self.peak_energy or self.key_opening_weight > 0
+        wants_energy = self.log_energy or self.peak_energy or self.key_opening_weight > 0 or self.event_count
         feats, frames, *more = self.mel(
             wav.float(),
             lengths,
@@ -678,6 +724,12 @@ class MelEncoder(AudioEncoder):
             extra.append(peak_energy(energy, frames)[:, None])
         if self.key_mode:  # minor minus major: 0 where the profile is 0 (no pitch)
             extra.append(keys[:, 12:].sum(dim=1, keepdim=True) - keys[:, :12].sum(dim=1, keepdim=True))
+        if self.event_count:
+            starts = event_starts(energy, frames).to(feats.dtype)
+            count = _window_sum(starts, CONTEXT_FRAMES).round().long().clamp(max=EVENT_COUNT_MAX)
+            extra.append(
+                torch.nn.functional.one_hot(count, EVENT_COUNT_MAX + 1).to(feats.dtype).transpose(1, 2)
+            )
         feats = torch.cat([feats, *extra], dim=1).transpose(1, 2)  # [B, T, output_dim]
         return feats.masked_fill(~self._valid(feats, frames), 0.0), frames
 
@@ -738,6 +790,7 @@ class MelEncoder(AudioEncoder):
             "chroma_n_fft": self.chroma_n_fft,
             "key_opening_weight": self.key_opening_weight,
             "key_mode": self.key_mode,
+            "event_count": self.event_count,
             "max_seconds": self.max_seconds,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))

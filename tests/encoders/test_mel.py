@@ -695,3 +695,64 @@ def test_mel_encoder_key_mode_is_minor_minus_major_mass_and_is_saved(tmp_path):
         ValueError, match="key_mode reads the key profile's distribution; set key_profile: true"
     ):
         MelEncoder(n_mels=16, key_mode=True)
+
+
+def test_event_starts_marks_each_rise_once_and_ignores_wobble_and_padding():
+    from bagpiper_lib.encoders.mel import event_starts
+
+    energy = torch.zeros(
+        2, 100
+    )  # background at 0; events at 1 (40 dB above): threshold 0.5, reset under 0.35
+    energy[:, 10:20] = 1.0
+    energy[:, 30:32] = 1.0  # a short event counts as one
+    energy[:, 50:70] = 1.0
+    energy[:, 58:60] = 0.4  # a wobble 24 dB down, above the reset level: the same event
+    energy[:, 80:84] = 1.0
+    energy[:, 84:86] = 0.3  # under the reset level: the next rise is a new event
+    energy[:, 86:90] = 1.0
+    frames = torch.tensor([100, 40])
+    energy[1, 40:] = 3.0  # past the second item's end: neither its peak nor an event
+    starts = event_starts(energy, frames)
+    assert starts[0].nonzero().flatten().tolist() == [10, 30, 50, 80, 86]
+    assert starts[1].nonzero().flatten().tolist() == [10, 30]
+    # an event from the first frame counts; a quiet one 24 dB under the loudest does not, unless the
+    # background lies so far under that half-way up from it is lower
+    energy = torch.zeros(1, 60)
+    energy[0, :5], energy[0, 20:25], energy[0, 40:45] = 1.0, 0.4, 1.0
+    assert event_starts(energy, torch.tensor([60])).nonzero()[:, 1].tolist() == [0, 40]
+    assert event_starts(energy, torch.tensor([60]), level_db=30.0).nonzero()[:, 1].tolist() == [0, 40]
+    energy[0, energy[0] == 0] = -1.0  # 80 dB down: half-way is 40 dB, so the 30 dB threshold holds
+    assert event_starts(energy, torch.tensor([60]), level_db=30.0).nonzero()[:, 1].tolist() == [0, 20, 40]
+
+
+def test_mel_encoder_event_count_counts_the_events_of_synthetic_sounds_and_is_saved(tmp_path):
+    from bagpiper_lib.audio import pad_waveforms
+    from bagpiper_lib.data.synthetic import generate
+    from bagpiper_lib.encoders.mel import MelEncoder
+
+    enc = MelEncoder(n_mels=16, n_fft=1024, event_count=True)
+    assert enc.output_dim == 16 + 5
+    clips = generate(
+        60, seed=3, categories=["sound"], duration=(1.0, 1.5), mixture_fraction=0.0, split="test"
+    )
+    wav, lengths = pad_waveforms([torch.as_tensor(c.audio, dtype=torch.float32) for c in clips])
+    feats, frames = enc(wav, lengths)
+    # the middle frame's +-1 s window holds the whole clip: one to three events over hum, noise or silence
+    middle = feats[torch.arange(len(clips)), frames // 2, 16:]
+    truth = torch.tensor([c.params["event_count"] for c in clips])
+    assert set(truth.tolist()) == {1, 2, 3} and torch.equal(middle, torch.eye(5)[truth])
+    assert torch.equal(feats[0, : int(frames[0]), 16:].sum(-1), torch.ones(int(frames[0])))  # one-hot
+    # six 50 ms noise bursts 0.15 s apart: six starts within +-1 s of the middle read "4 or more"
+    bursts = torch.zeros(16000)
+    noise = 0.3 * torch.randn(800, generator=torch.Generator().manual_seed(0))
+    for k in range(6):
+        bursts[2000 + 2400 * k : 2800 + 2400 * k] = noise
+    from bagpiper_lib.encoders.mel import EVENT_COUNT_MAX
+
+    assert EVENT_COUNT_MAX == 4 and torch.equal(enc(bursts)[0][0, 50, 16:], torch.eye(5)[4])
+    torch.testing.assert_close(
+        feats[1, : int(frames[1])], enc(wav[1, : int(lengths[1])])[0][0], rtol=0, atol=1e-5
+    )
+    assert feats[1, int(frames[1]) :].abs().sum() == 0
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.event_count and torch.equal(again(wav, lengths)[0], feats)
