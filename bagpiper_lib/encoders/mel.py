@@ -38,6 +38,7 @@ __all__ = [
     "chroma_filter_bank",
     "event_starts",
     "key_profile",
+    "level_bins",
     "mel_filter_bank",
     "onset_strength",
     "opening_chroma",
@@ -53,6 +54,8 @@ CONTEXT_FRAMES = 100  # half-width of the tempogram / key-profile window: +-1 s 
 OPENING_FRAMES = 15  # opening_chroma: the first 0.15 s of sound (shorter than an eighth note at 150 BPM)
 OPENING_DB = 30.0  # opening_chroma: the sound begins at the first frame within 30 dB of the loudest
 EVENT_DB = 20.0  # event_starts: an event is within 20 dB of the loudest frame (or half-way up from the floor)
+LEVEL_BINS_DB = tuple(range(-60, 0, 6))  # MelEncoder's level_bins: centres in dBFS, 6 dB apart
+LEVEL_BIN_WIDTH_DB = 6.0  # level_bins: the Gaussian's standard deviation
 EVENT_COUNT_MAX = 4  # MelEncoder's event_count: one-hot over 0, 1, 2, 3 and 4 or more events
 EVENT_HYSTERESIS_DB = 6.0  # event_starts: it ends only 6 dB under that, so a wobble is not a new event
 # Krumhansl-Kessler probe-tone profiles, C major and C minor (C, C#, ..., B): how well each pitch class
@@ -413,6 +416,19 @@ def event_starts(
     return (state == 1) & (previous != 1) & valid
 
 
+def level_bins(energy: torch.Tensor) -> torch.Tensor:
+    """A level ``energy [B, T]`` (:meth:`LogMelSpectrogram.forward`'s scale, e.g. :func:`peak_energy`) in
+    soft bins ``[B, len(LEVEL_BINS_DB), T]``: ``exp(-((L - c) / LEVEL_BIN_WIDTH_DB) ** 2 / 2)`` for each
+    centre ``c`` of ``LEVEL_BINS_DB`` (-60, -54, ..., -6 dBFS), where ``L = 40 * energy - 40`` is the
+    frame's power in dB against a full-scale sine (the scale reads -20 dB as 0.5). A level on a centre
+    reads 1 there and 0.61 one bin away. As one number the level has to be cut into classes by the
+    model; in bins, a class is a sum of a few entries, which a linear layer reads.
+    """
+    level = 40.0 * energy - 40.0
+    centres = torch.tensor(LEVEL_BINS_DB, dtype=energy.dtype, device=energy.device)[None, :, None]
+    return torch.exp(-0.5 * ((level[:, None] - centres) / LEVEL_BIN_WIDTH_DB) ** 2)
+
+
 def opening_chroma(
     chroma: torch.Tensor, energy: torch.Tensor, frames: torch.Tensor, span: int = OPENING_FRAMES
 ) -> torch.Tensor:
@@ -542,17 +558,21 @@ class MelEncoder(AudioEncoder):
             demo's), not a long recording whose first note says little of a later passage.
         peak_energy: append the loudest frame's log power within +-1 s (:func:`peak_energy`),
             ``output_dim += 1``: the level of a short event in every frame around it.
-        key_mode: append the mode as one number, ``output_dim += 1``: the key distribution's mass on
-            the 12 minor keys minus its mass on the 12 major ones (in ``[-1, 1]``; 0 without pitch).
-            It is a sum of the key profile's entries, which a linear layer could form, but the demo's
+        key_mode: append the mode as a distribution, ``output_dim += 2``: the key distribution's mass
+            on the 12 major keys and on the 12 minor ones (summing to 1; both 0 without pitch). They
+            are sums of the key profile's entries, which a linear layer could form, but the demo's
             tiny LM, trained for minutes, read the mode from the 24 entries for 62-70 % of held-out
-            music clips and from this one feature for 87-88 %. Needs ``key_profile``.
+            music clips and from these two for 87-90 %. Needs ``key_profile``.
         event_count: append how many sound events begin within +-1 s (:func:`event_starts`: rises of
             the frame energy to within 20 dB of the clip's loudest), one-hot over 0, 1, 2, 3 and
             ``EVENT_COUNT_MAX`` (4) or more, ``output_dim += 5``. A tower trained on sound events tells
             one event from two; the log-mel frames show each event, and the count only across them.
             The demo's LM named the count of held-out sound clips for 51 % from the mel frames, 62 %
             from the count as one number and 74 % from it one-hot.
+        level_bins: append the loudest frame's level within +-1 s (:func:`peak_energy`) in soft 6 dB
+            bins (:func:`level_bins`: centres -60 to -6 dBFS), ``output_dim += 10``. The demo's LM named
+            the loudness of held-out sound clips (-30, -21 or -12 dBFS) for 70-79 % from the level as
+            one number (``peak_energy``) and for 94-98 % from the bins.
         chroma_n_fft: the window of the pitch classes (``chroma`` and ``key_profile``) when it should
             differ from ``n_fft`` (default: ``n_fft``). At 2048 samples (128 ms) a semitone is resolved
             from 131 Hz up, so low notes count by their fundamentals, while the mel bins keep the
@@ -561,7 +581,7 @@ class MelEncoder(AudioEncoder):
             the normalisation :meth:`standardize` sets from a corpus).
 
     The extras are appended after the mel bins in this order: log energy, onset strength, chroma,
-    tempogram, key profile, peak energy, key mode, event count (each only when on).
+    tempogram, key profile, peak energy, key mode, level bins, event count (each only when on).
     """
 
     sample_rate = 16000
@@ -583,6 +603,7 @@ class MelEncoder(AudioEncoder):
         key_opening_weight: float = 0.0,
         key_mode: bool = False,
         event_count: bool = False,
+        level_bins: bool = False,
         trainable: bool = True,
     ):
         super().__init__()
@@ -606,6 +627,7 @@ class MelEncoder(AudioEncoder):
             key_opening_weight = float(saved.get("key_opening_weight", 0.0))
             key_mode = bool(saved.get("key_mode", False))
             event_count = bool(saved.get("event_count", False))
+            level_bins = bool(saved.get("level_bins", False))
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
@@ -647,6 +669,7 @@ class MelEncoder(AudioEncoder):
         self.peak_energy = bool(peak_energy)
         self.key_mode = bool(key_mode)
         self.event_count = bool(event_count)
+        self.level_bins = bool(level_bins)
         self.output_dim = (
             n_mels
             + int(self.log_energy)
@@ -655,8 +678,9 @@ class MelEncoder(AudioEncoder):
             + len(TEMPOGRAM_LAGS) * int(self.tempogram)
             + 24 * int(self.key_profile)
             + int(self.peak_energy)
-            + int(self.key_mode)
+            + 2 * int(self.key_mode)
             + (EVENT_COUNT_MAX + 1) * int(self.event_count)
+            + len(LEVEL_BINS_DB) * int(self.level_bins)
         )
         self.scale = nn.Parameter(torch.ones(self.output_dim))
         self.shift = nn.Parameter(torch.zeros(self.output_dim))
@@ -688,7 +712,13 @@ class MelEncoder(AudioEncoder):
                 f"({limit} samples at {self.sample_rate} Hz); split it or raise max_seconds"
             )
         wants_chroma = self.chroma or self.key_profile
-        wants_energy = self.log_energy or self.peak_energy or self.key_opening_weight > 0 or self.event_count
+        wants_energy = (
+            self.log_energy
+            or self.peak_energy
+            or self.key_opening_weight > 0
+            or self.event_count
+            or self.level_bins
+        )
         feats, frames, *more = self.mel(
             wav.float(),
             lengths,
@@ -722,8 +752,10 @@ class MelEncoder(AudioEncoder):
             extra.append(keys)
         if self.peak_energy:
             extra.append(peak_energy(energy, frames)[:, None])
-        if self.key_mode:  # minor minus major: 0 where the profile is 0 (no pitch)
-            extra.append(keys[:, 12:].sum(dim=1, keepdim=True) - keys[:, :12].sum(dim=1, keepdim=True))
+        if self.key_mode:  # major, minor: both 0 where the profile is 0 (no pitch)
+            extra.append(torch.stack([keys[:, :12].sum(dim=1), keys[:, 12:].sum(dim=1)], dim=1))
+        if self.level_bins:
+            extra.append(level_bins(peak_energy(energy, frames)))
         if self.event_count:
             starts = event_starts(energy, frames).to(feats.dtype)
             count = _window_sum(starts, CONTEXT_FRAMES).round().long().clamp(max=EVENT_COUNT_MAX)
@@ -791,6 +823,7 @@ class MelEncoder(AudioEncoder):
             "key_opening_weight": self.key_opening_weight,
             "key_mode": self.key_mode,
             "event_count": self.event_count,
+            "level_bins": self.level_bins,
             "max_seconds": self.max_seconds,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))

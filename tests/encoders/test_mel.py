@@ -668,27 +668,24 @@ def test_mel_encoder_key_opening_weight_finds_the_key_of_short_melodies_and_is_s
         MelEncoder(n_mels=16, n_fft=1024, key_opening_weight=0.5)
 
 
-def test_mel_encoder_key_mode_is_minor_minus_major_mass_and_is_saved(tmp_path):
+def test_mel_encoder_key_mode_is_the_major_and_minor_mass_and_is_saved(tmp_path):
     from bagpiper_lib.encoders.mel import MelEncoder
 
     enc = MelEncoder(n_mels=16, n_fft=1024, key_profile=True, peak_energy=True, key_mode=True)
-    assert enc.output_dim == 16 + 24 + 1 + 1
+    assert enc.output_dim == 16 + 24 + 1 + 2  # after the peak energy
     silence = torch.zeros(8000)  # 0.5 s without pitch before the notes
-    minor = torch.cat([silence] + [_harmonic(m, seconds=0.25) for m in (57, 60, 64, 60, 57)])[
-        None
-    ]  # A C E C A
-    major = torch.cat([silence] + [_harmonic(m, seconds=0.25) for m in (60, 64, 67, 64, 60)])[
-        None
-    ]  # C E G E C
-    for wav, low, high in ((minor, 0.5, 1.0), (major, -1.0, -0.2)):
+    a_c_e = [_harmonic(m, seconds=0.25) for m in (57, 60, 64, 60, 57)]
+    c_e_g = [_harmonic(m, seconds=0.25) for m in (60, 64, 67, 64, 60)]
+    minor, major = torch.cat([silence, *a_c_e])[None], torch.cat([silence, *c_e_g])[None]
+    for wav, column, least in ((minor, 1, 0.75), (major, 0, 0.6)):
         feats = enc(wav)[0][0]
-        keys = feats[:, 16:40]
-        torch.testing.assert_close(feats[:, -1], keys[:, 12:].sum(1) - keys[:, :12].sum(1))
+        keys, mode = feats[:, 16:40], feats[:, 41:43]
+        torch.testing.assert_close(mode, torch.stack([keys[:, :12].sum(1), keys[:, 12:].sum(1)], dim=1))
+        torch.testing.assert_close(mode.sum(1), torch.ones(len(mode)))  # every frame's window has pitch
         # where the +-1 s window holds the whole arpeggio: minor / major
-        assert low < feats[80:150, -1].min() and feats[80:150, -1].max() < high
-        assert (feats[:, -1].abs() <= 1 + 1e-6).all()
-    # a clip without pitch reads 0 (undecided), not the major end
-    assert MelEncoder(n_mels=16, key_profile=True, key_mode=True)(silence)[0][0, :, -1].abs().max() == 0
+        assert mode[80:150, column].min() > least
+    # a clip without pitch reads 0 for both modes: undecided, not one of them
+    assert MelEncoder(n_mels=16, key_profile=True, key_mode=True)(silence)[0][0, :, -2:].abs().max() == 0
     again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
     assert again.key_mode and torch.equal(again(minor)[0], enc(minor)[0])
     with pytest.raises(
@@ -756,3 +753,34 @@ def test_mel_encoder_event_count_counts_the_events_of_synthetic_sounds_and_is_sa
     assert feats[1, int(frames[1]) :].abs().sum() == 0
     again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
     assert again.event_count and torch.equal(again(wav, lengths)[0], feats)
+
+
+def test_mel_encoder_level_bins_place_the_peak_level_in_soft_6_db_bins_and_are_saved(tmp_path):
+    from bagpiper_lib.encoders.mel import LEVEL_BINS_DB, MelEncoder, level_bins, peak_energy
+
+    assert len(LEVEL_BINS_DB) == 10 and LEVEL_BINS_DB[0] == -60 and LEVEL_BINS_DB[-1] == -6
+    enc = MelEncoder(n_mels=16, n_fft=1024, level_bins=True)
+    assert enc.output_dim == 16 + 10
+    t = torch.arange(SR) / SR
+    for rms_db, centre in ((-30.0, 5), (-12.0, 8), (-21.0, None)):
+        amplitude = math.sqrt(2) * 10 ** (rms_db / 20)  # a sine at this RMS level
+        feats = enc(amplitude * torch.sin(2 * math.pi * 440 * t))[0][0, 20:80, 16:]
+        if centre is not None:  # on a bin's centre: 1 there, exp(-1/2) one bin away
+            assert feats[:, centre].min() > 0.99
+            torch.testing.assert_close(
+                feats[:, centre - 1], torch.full((60,), math.exp(-0.5)), rtol=0, atol=0.02
+            )
+        else:  # half-way between -24 and -18 dB: equal
+            torch.testing.assert_close(feats[:, 6], feats[:, 7], rtol=0, atol=0.01)
+            assert feats[:, 6].min() > 0.85
+    # the bins of the loudest frame within +-1 s, from the same energy as peak_energy
+    _, frames, energy = LogMelSpectrogram(16, n_fft=1024)(
+        0.1 * torch.sin(2 * math.pi * 440 * t)[None], with_energy=True
+    )
+    expected = level_bins(peak_energy(energy, frames))
+    assert expected.shape == (1, 10, int(frames[0]))
+    torch.testing.assert_close(
+        enc(0.1 * torch.sin(2 * math.pi * 440 * t))[0][..., 16:], expected.transpose(1, 2)
+    )
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.level_bins and again.output_dim == 26
