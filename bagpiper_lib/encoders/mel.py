@@ -562,17 +562,17 @@ class MelEncoder(AudioEncoder):
             on the 12 major keys and on the 12 minor ones (summing to 1; both 0 without pitch). They
             are sums of the key profile's entries, which a linear layer could form, but the demo's
             tiny LM, trained for minutes, read the mode from the 24 entries for 62-70 % of held-out
-            music clips and from these two for 87-90 %. Needs ``key_profile``.
+            music clips and from these two for 87-92 %. Needs ``key_profile``.
         event_count: append how many sound events begin within +-1 s (:func:`event_starts`: rises of
             the frame energy to within 20 dB of the clip's loudest), one-hot over 0, 1, 2, 3 and
             ``EVENT_COUNT_MAX`` (4) or more, ``output_dim += 5``. A tower trained on sound events tells
             one event from two; the log-mel frames show each event, and the count only across them.
-            The demo's LM named the count of held-out sound clips for 51 % from the mel frames, 62 %
-            from the count as one number and 74 % from it one-hot.
+            The demo's LM named the count of held-out sound clips for 43-51 % from the mel frames,
+            62 % from the count as one number and 61-76 % from it one-hot (seven runs).
         level_bins: append the loudest frame's level within +-1 s (:func:`peak_energy`) in soft 6 dB
             bins (:func:`level_bins`: centres -60 to -6 dBFS), ``output_dim += 10``. The demo's LM named
             the loudness of held-out sound clips (-30, -21 or -12 dBFS) for 70-79 % from the level as
-            one number (``peak_energy``) and for 94-98 % from the bins.
+            one number (``peak_energy``) and for 94-98 % from the bins (five runs).
         chroma_n_fft: the window of the pitch classes (``chroma`` and ``key_profile``) when it should
             differ from ``n_fft`` (default: ``n_fft``). At 2048 samples (128 ms) a semitone is resolved
             from 131 Hz up, so low notes count by their fundamentals, while the mel bins keep the
