@@ -569,6 +569,11 @@ class MelEncoder(AudioEncoder):
             one event from two; the log-mel frames show each event, and the count only across them.
             The demo's LM named the count of held-out sound clips for 43-51 % from the mel frames,
             62 % from the count as one number and 61-76 % from it one-hot (seven runs).
+        event_index: append which event each frame belongs to: how many events have begun up to and
+            including it (:func:`event_starts`), one-hot over 0 (before the first), 1, 2, 3 and
+            ``EVENT_COUNT_MAX`` (4) or more, ``output_dim += 5``. A caption lists events in order; this
+            marks the frames of the first, second and third, so the LM finds the k-th event where it
+            would otherwise have to count the onsets before it.
         level_bins: append the loudest frame's level within +-1 s (:func:`peak_energy`) in soft 6 dB
             bins (:func:`level_bins`: centres -60 to -6 dBFS), ``output_dim += 10``. The demo's LM named
             the loudness of held-out sound clips (-30, -21 or -12 dBFS) for 70-79 % from the level as
@@ -581,7 +586,8 @@ class MelEncoder(AudioEncoder):
             the normalisation :meth:`standardize` sets from a corpus).
 
     The extras are appended after the mel bins in this order: log energy, onset strength, chroma,
-    tempogram, key profile, peak energy, key mode, level bins, event count (each only when on).
+    tempogram, key profile, peak energy, key mode, level bins, event count, event index (each only when
+    on).
     """
 
     sample_rate = 16000
@@ -604,6 +610,7 @@ class MelEncoder(AudioEncoder):
         key_mode: bool = False,
         event_count: bool = False,
         level_bins: bool = False,
+        event_index: bool = False,
         trainable: bool = True,
     ):
         super().__init__()
@@ -628,6 +635,7 @@ class MelEncoder(AudioEncoder):
             key_mode = bool(saved.get("key_mode", False))
             event_count = bool(saved.get("event_count", False))
             level_bins = bool(saved.get("level_bins", False))
+            event_index = bool(saved.get("event_index", False))
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
         self.mel = LogMelSpectrogram(n_mels, sample_rate=self.sample_rate, n_fft=n_fft)
@@ -670,6 +678,7 @@ class MelEncoder(AudioEncoder):
         self.key_mode = bool(key_mode)
         self.event_count = bool(event_count)
         self.level_bins = bool(level_bins)
+        self.event_index = bool(event_index)
         self.output_dim = (
             n_mels
             + int(self.log_energy)
@@ -681,6 +690,7 @@ class MelEncoder(AudioEncoder):
             + 2 * int(self.key_mode)
             + (EVENT_COUNT_MAX + 1) * int(self.event_count)
             + len(LEVEL_BINS_DB) * int(self.level_bins)
+            + (EVENT_COUNT_MAX + 1) * int(self.event_index)
         )
         self.scale = nn.Parameter(torch.ones(self.output_dim))
         self.shift = nn.Parameter(torch.zeros(self.output_dim))
@@ -718,6 +728,7 @@ class MelEncoder(AudioEncoder):
             or self.key_opening_weight > 0
             or self.event_count
             or self.level_bins
+            or self.event_index
         )
         feats, frames, *more = self.mel(
             wav.float(),
@@ -756,11 +767,18 @@ class MelEncoder(AudioEncoder):
             extra.append(torch.stack([keys[:, :12].sum(dim=1), keys[:, 12:].sum(dim=1)], dim=1))
         if self.level_bins:
             extra.append(level_bins(peak_energy(energy, frames)))
+        starts = (
+            event_starts(energy, frames).to(feats.dtype) if self.event_count or self.event_index else None
+        )
         if self.event_count:
-            starts = event_starts(energy, frames).to(feats.dtype)
             count = _window_sum(starts, CONTEXT_FRAMES).round().long().clamp(max=EVENT_COUNT_MAX)
             extra.append(
                 torch.nn.functional.one_hot(count, EVENT_COUNT_MAX + 1).to(feats.dtype).transpose(1, 2)
+            )
+        if self.event_index:  # events begun so far: 0 before the first
+            index = starts.cumsum(dim=1).round().long().clamp(max=EVENT_COUNT_MAX)
+            extra.append(
+                torch.nn.functional.one_hot(index, EVENT_COUNT_MAX + 1).to(feats.dtype).transpose(1, 2)
             )
         feats = torch.cat([feats, *extra], dim=1).transpose(1, 2)  # [B, T, output_dim]
         return feats.masked_fill(~self._valid(feats, frames), 0.0), frames
@@ -824,6 +842,7 @@ class MelEncoder(AudioEncoder):
             "key_mode": self.key_mode,
             "event_count": self.event_count,
             "level_bins": self.level_bins,
+            "event_index": self.event_index,
             "max_seconds": self.max_seconds,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))

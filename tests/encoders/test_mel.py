@@ -784,3 +784,35 @@ def test_mel_encoder_level_bins_place_the_peak_level_in_soft_6_db_bins_and_are_s
     )
     again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
     assert again.level_bins and again.output_dim == 26
+
+
+def test_mel_encoder_event_index_marks_which_event_each_frame_belongs_to_and_is_saved(tmp_path):
+    from bagpiper_lib.audio import pad_waveforms
+    from bagpiper_lib.data.synthetic import generate
+    from bagpiper_lib.encoders.mel import MelEncoder
+
+    enc = MelEncoder(n_mels=16, n_fft=1024, event_count=True, event_index=True)
+    assert enc.output_dim == 16 + 5 + 5  # the count, then the index
+    clips = generate(
+        40, seed=5, categories=["sound"], duration=(1.0, 1.5), mixture_fraction=0.0, split="test"
+    )
+    wav, lengths = pad_waveforms([torch.as_tensor(c.audio, dtype=torch.float32) for c in clips])
+    feats, frames = enc(wav, lengths)
+    index = feats[..., 21:].argmax(-1)  # [B, T]
+    for b, clip in enumerate(clips):
+        onsets = [round(o * 100) for o in clip.params["onsets"]]  # frames, 100 per second
+        assert int(index[b, onsets[0] - 5]) == 0  # background before the first event
+        for k, onset in enumerate(onsets, start=1):
+            assert int(index[b, onset + 3]) == k  # 30 ms into the k-th event
+        assert int(index[b, int(frames[b]) - 1]) == len(onsets)
+    one_hot = feats[0, : int(frames[0]), 21:]
+    assert torch.equal(one_hot.sum(-1), torch.ones(int(frames[0]))) and set(one_hot.unique().tolist()) == {
+        0.0,
+        1.0,
+    }
+    assert feats[1, int(frames[1]) :].abs().sum() == 0
+    # alone it needs no event_count
+    alone = MelEncoder(n_mels=16, n_fft=1024, event_index=True)
+    assert alone.output_dim == 21 and torch.equal(alone(wav, lengths)[0][..., 16:], feats[..., 21:])
+    again = MelEncoder(enc.save_pretrained(tmp_path / "mel"))
+    assert again.event_index and again.event_count and torch.equal(again(wav, lengths)[0], feats)

@@ -110,10 +110,10 @@ def test_dotted_overrides_into_component_configs_keep_their_types():
     cli = main(args, run=False)
     encoder = cli.model.model.encoder
     assert encoder.mel.n_mels == 96
-    assert encoder.output_dim == 96 + 1 + 12 + 55 + 24 + 1 + 2 + 10 + 5  # the demo's extras
+    assert encoder.output_dim == 96 + 1 + 12 + 55 + 24 + 1 + 2 + 10 + 5 + 5  # the demo's extras
     assert encoder.log_energy and encoder.chroma and encoder.tempogram and encoder.key_profile
     assert encoder.key_mode and encoder.key_opening_weight == 0.5 and encoder.chroma_n_fft == 2048
-    assert encoder.event_count and encoder.level_bins
+    assert encoder.event_count and encoder.level_bins and encoder.event_index
     demo = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["model"]["backbone"]["config"]
     assert cli.model.hparams["backbone"]["config"] == {
         **demo,
