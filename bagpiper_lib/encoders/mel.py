@@ -416,6 +416,13 @@ def event_starts(
     return (state == 1) & (previous != 1) & valid
 
 
+def _count_one_hot(counts: torch.Tensor) -> torch.Tensor:
+    """Event counts ``[B, T]`` (float) one-hot ``[B, EVENT_COUNT_MAX + 1, T]``: 0, 1, ..., and the last
+    entry for ``EVENT_COUNT_MAX`` or more."""
+    index = counts.round().long().clamp(max=EVENT_COUNT_MAX)
+    return torch.nn.functional.one_hot(index, EVENT_COUNT_MAX + 1).to(counts.dtype).transpose(1, 2)
+
+
 def level_bins(energy: torch.Tensor) -> torch.Tensor:
     """A level ``energy [B, T]`` (:meth:`LogMelSpectrogram.forward`'s scale, e.g. :func:`peak_energy`) in
     soft bins ``[B, len(LEVEL_BINS_DB), T]``: ``exp(-((L - c) / LEVEL_BIN_WIDTH_DB) ** 2 / 2)`` for each
@@ -761,25 +768,20 @@ class MelEncoder(AudioEncoder):
                 opening_weight=self.key_opening_weight,
             )
             extra.append(keys)
+        peak = peak_energy(energy, frames) if self.peak_energy or self.level_bins else None
         if self.peak_energy:
-            extra.append(peak_energy(energy, frames)[:, None])
+            extra.append(peak[:, None])
         if self.key_mode:  # major, minor: both 0 where the profile is 0 (no pitch)
             extra.append(torch.stack([keys[:, :12].sum(dim=1), keys[:, 12:].sum(dim=1)], dim=1))
         if self.level_bins:
-            extra.append(level_bins(peak_energy(energy, frames)))
+            extra.append(level_bins(peak))
         starts = (
             event_starts(energy, frames).to(feats.dtype) if self.event_count or self.event_index else None
         )
         if self.event_count:
-            count = _window_sum(starts, CONTEXT_FRAMES).round().long().clamp(max=EVENT_COUNT_MAX)
-            extra.append(
-                torch.nn.functional.one_hot(count, EVENT_COUNT_MAX + 1).to(feats.dtype).transpose(1, 2)
-            )
+            extra.append(_count_one_hot(_window_sum(starts, CONTEXT_FRAMES)))
         if self.event_index:  # events begun so far: 0 before the first
-            index = starts.cumsum(dim=1).round().long().clamp(max=EVENT_COUNT_MAX)
-            extra.append(
-                torch.nn.functional.one_hot(index, EVENT_COUNT_MAX + 1).to(feats.dtype).transpose(1, 2)
-            )
+            extra.append(_count_one_hot(starts.cumsum(dim=1)))
         feats = torch.cat([feats, *extra], dim=1).transpose(1, 2)  # [B, T, output_dim]
         return feats.masked_fill(~self._valid(feats, frames), 0.0), frames
 
